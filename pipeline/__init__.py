@@ -1,0 +1,3 @@
+"""LayerDiffuse XL batch generator: prompt tables in, transparent RGBA PNGs and a manifest out."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,166 @@
+"""Run configuration: frozen dataclasses with defaults in code, loaded from configs/*.yaml plus flags."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+
+import yaml
+
+SDXL_BASE = "stabilityai/stable-diffusion-xl-base-1.0"
+LAYERDIFFUSE_REPO = "LayerDiffusion/layerdiffusion-v1"
+INJECTIONS = ("attn", "conv")
+DTYPES = ("auto", "float32", "float16", "bfloat16")
+SCHEDULERS = ("euler", "euler_a", "dpmpp_2m", "dpmpp_2m_karras", "ddim", "unipc")
+
+
+class ConfigError(ValueError):
+    """A configuration file or flag is wrong; the message says where and how to fix it."""
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Where the weights come from: hub ids, local folders or files."""
+
+    base: str = SDXL_BASE  # hub id, diffusers folder, or single-file .safetensors checkpoint
+    base_config: str | None = None  # diffusers folder / hub id with configs, for single-file checkpoints
+    variant: str | None = None  # e.g. "fp16" for the hub's half-precision files
+    vae: str | None = None  # optional VAE override, e.g. madebyollin/sdxl-vae-fp16-fix
+    layerdiffuse: str = LAYERDIFFUSE_REPO  # hub repo id or local folder holding the files below
+    injection: str = "attn"  # attn | conv
+    unet_weights: str | None = None  # file name in `layerdiffuse`, or a path; default by injection
+    decoder_weights: str = "vae_transparent_decoder.safetensors"
+    strength: float = 1.0
+    scheduler: str = "euler"
+    dtype: str = "auto"  # auto: float32 on CPU, float16 on GPU
+    device: str = "auto"  # auto: cuda:<local rank> when available, else cpu
+    build_tiny_if_missing: bool = False  # build the embedded tiny model at `base`'s parent if absent
+
+    @property
+    def unet_weights_file(self) -> str:
+        return self.unet_weights or f"layer_xl_transparent_{self.injection}.safetensors"
+
+
+@dataclass(frozen=True)
+class Defaults:
+    """Per-row parameters for rows that lack the column (the hosted API's defaults)."""
+
+    negative_prompt: str = "text, watermark"
+    guidance_scale: float = 8.0
+    num_inference_steps: int = 20
+    width: int = 1024
+    height: int = 1024
+    enable_safety_checker: bool = True
+    seed: int = 0  # base seed from which rows without a seed get theirs
+    allow_empty_prompt: bool = False
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """How the work is done; none of it changes what a row's image is, except batch_size and tta."""
+
+    batch_size: int = 1
+    tta: bool = True
+    decoder_sub_batch: int = 16
+    png_compress_level: int = 6
+    limit: int | None = None
+    overwrite: bool = False
+    strict: bool = False
+    log_format: str = "text"  # text | json
+
+
+@dataclass(frozen=True)
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    defaults: Defaults = field(default_factory=Defaults)
+    run: RunConfig = field(default_factory=RunConfig)
+
+    def with_overrides(self, section: str, **values) -> Config:
+        """A copy with the given non-None values set in `section` (how flags override the file)."""
+        values = {k: v for k, v in values.items() if v is not None}
+        if not values:
+            return self
+        updated = replace(getattr(self, section), **values)
+        config = replace(self, **{section: updated})
+        validate(config, source="command-line flags")
+        return config
+
+
+def load_config(path: str | os.PathLike | None) -> Config:
+    """Read a YAML config; relative model paths resolve against the file's folder."""
+    if path is None:
+        return Config()
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"{path}: cannot read config: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping with sections model, defaults, run")
+    sections = {f.name: f.type for f in fields(Config)}
+    unknown = set(data) - set(sections)
+    if unknown:
+        raise ConfigError(f"{path}: unknown section(s) {sorted(unknown)}; allowed: {sorted(sections)}")
+    kwargs = {}
+    for name, cls in (("model", ModelConfig), ("defaults", Defaults), ("run", RunConfig)):
+        kwargs[name] = _section(cls, data.get(name) or {}, f"{path}: {name}")
+    config = Config(**kwargs)
+    config = replace(config, model=_resolve_paths(config.model, path.parent))
+    validate(config, source=str(path))
+    return config
+
+
+def _section(cls, values: dict, where: str):
+    if not isinstance(values, dict):
+        raise ConfigError(f"{where}: expected a mapping, got {type(values).__name__}")
+    known = {f.name for f in fields(cls)}
+    unknown = set(values) - known
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {sorted(unknown)}; allowed: {sorted(known)}")
+    return cls(**values)
+
+
+def _resolve_paths(model: ModelConfig, folder: Path) -> ModelConfig:
+    """`./x` and `../x` in a config file mean paths next to that file; anything else is kept."""
+    changes = {}
+    for name in ("base", "base_config", "vae", "layerdiffuse", "unet_weights"):
+        value = getattr(model, name)
+        if isinstance(value, str) and value.startswith(("./", "../")):
+            changes[name] = str((folder / value).resolve())
+    return replace(model, **changes)
+
+
+def validate(config: Config, source: str) -> None:
+    m, d, r = config.model, config.defaults, config.run
+    checks = [
+        (m.injection in INJECTIONS, f"model.injection must be one of {INJECTIONS}, got {m.injection!r}"),
+        (m.dtype in DTYPES, f"model.dtype must be one of {DTYPES}, got {m.dtype!r}"),
+        (m.scheduler in SCHEDULERS, f"model.scheduler must be one of {SCHEDULERS}, got {m.scheduler!r}"),
+        (_is_number(m.strength), f"model.strength must be a number, got {m.strength!r}"),
+        (_is_int(r.batch_size) and r.batch_size >= 1, f"run.batch_size must be >= 1, got {r.batch_size!r}"),
+        (_is_int(r.decoder_sub_batch) and r.decoder_sub_batch >= 1, "run.decoder_sub_batch must be >= 1"),
+        (r.png_compress_level in range(10), f"run.png_compress_level must be 0-9, got {r.png_compress_level!r}"),
+        (r.limit is None or (_is_int(r.limit) and r.limit >= 0), f"run.limit must be >= 0, got {r.limit!r}"),
+        (r.log_format in ("text", "json"), f"run.log_format must be text or json, got {r.log_format!r}"),
+        (_is_int(d.seed) and 0 <= d.seed < 2**64, f"defaults.seed must be an integer in [0, 2^64), got {d.seed!r}"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise ConfigError(f"{source}: {message}")
+    from .table import check_defaults  # the row rules are the single source for per-row values
+
+    check_defaults(d, source)
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def as_dict(config: Config) -> dict:
+    return dataclasses.asdict(config)

@@ -1,0 +1,23 @@
+"""SDXL + LayerDiffuse: the transparent decoder, the UNet weight merge, loading, generation, tiny model."""
+
+from .decoder import TransparentVAEDecoder, checkerboard, to_preview_uint8, to_rgba_uint8
+from .generation import generate_rgba
+from .loading import LayerDiffuseModel, ModelFilesMissing, load_decoder, load_model, resolve_device
+from .merge import WeightMergeError, merge_layerdiffuse_weights
+from .tiny import build_tiny_model
+
+__all__ = [
+    "LayerDiffuseModel",
+    "ModelFilesMissing",
+    "TransparentVAEDecoder",
+    "WeightMergeError",
+    "build_tiny_model",
+    "checkerboard",
+    "generate_rgba",
+    "load_decoder",
+    "load_model",
+    "merge_layerdiffuse_weights",
+    "resolve_device",
+    "to_preview_uint8",
+    "to_rgba_uint8",
+]

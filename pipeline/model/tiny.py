@@ -1,0 +1,183 @@
+"""A tiny, seeded, random SDXL + LayerDiffuse model, written in the real on-disk formats.
+
+Layout (mirrors what users download):
+    <root>/sdxl/                               diffusers SDXL folder with its own small tokenizers
+    <root>/layerdiffusion-v1/layer_xl_transparent_attn.safetensors   Forge attention LoRA (SGM keys)
+    <root>/layerdiffusion-v1/layer_xl_transparent_conv.safetensors   Forge conv offsets (SGM keys)
+    <root>/layerdiffusion-v1/vae_transparent_decoder.safetensors     decoder, official key names, fp16
+Nothing here touches the network.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+from .decoder import TransparentVAEDecoder
+from .keys import sgm_key_map
+
+ATTN_FILE = "layer_xl_transparent_attn.safetensors"
+CONV_FILE = "layer_xl_transparent_conv.safetensors"
+DECODER_FILE = "vae_transparent_decoder.safetensors"
+TEXT_WIDTH = 32
+DECODER_CHANNELS = (8, 8, 16, 16, 32, 32, 32)
+LORA_RANK = 4
+MARKER = "tiny_model.json"
+
+
+def build_tiny_model(root: str | os.PathLike, seed: int = 0) -> Path:
+    """Write the tiny model under `root`; an existing complete one is kept.
+
+    Built in a temporary sibling folder and renamed into place, so concurrent builders (several
+    processes of one launch) and interrupted builds never leave a half-written model behind.
+    """
+    root = Path(root)
+    if (root / MARKER).exists():
+        return root
+    staging = Path(tempfile.mkdtemp(prefix=f".{root.name}.", dir=_parent(root)))
+    try:
+        _write_tiny_model(staging, seed)
+        if root.exists() and not (root / MARKER).exists():
+            shutil.rmtree(root)  # leftovers of an older, incomplete layout
+        os.replace(staging, root)
+    except OSError:
+        if not (root / MARKER).exists():
+            raise  # not the harmless race where another process finished first
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return root
+
+
+def _parent(root: Path) -> Path:
+    root.parent.mkdir(parents=True, exist_ok=True)
+    return root.parent
+
+
+def _write_tiny_model(root: Path, seed: int) -> None:
+    torch.manual_seed(seed)
+    pipe = _tiny_sdxl_pipeline()
+    pipe.save_pretrained(root / "sdxl", safe_serialization=True)
+    weights = root / "layerdiffusion-v1"
+    weights.mkdir(parents=True, exist_ok=True)
+    generator = torch.Generator().manual_seed(seed + 1)
+    save_file(_attn_lora(pipe.unet, generator), weights / ATTN_FILE)
+    save_file(_conv_offsets(pipe.unet, generator), weights / CONV_FILE)
+    save_file({k: v.half() for k, v in _tiny_decoder(seed + 2).state_dict().items()}, weights / DECODER_FILE)
+    (root / MARKER).write_text(json.dumps({"seed": seed, "kind": "tiny-sdxl-layerdiffuse"}) + "\n")
+
+
+def _tiny_sdxl_pipeline():
+    from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    unet = UNet2DConditionModel(
+        block_out_channels=(16, 32, 64),
+        layers_per_block=2,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+        transformer_layers_per_block=(1, 1, 2),
+        attention_head_dim=(2, 4, 8),
+        norm_num_groups=8,
+        cross_attention_dim=2 * TEXT_WIDTH,
+        use_linear_projection=True,
+        addition_embed_type="text_time",
+        addition_time_embed_dim=8,
+        projection_class_embeddings_input_dim=6 * 8 + TEXT_WIDTH,
+        sample_size=32,
+    )
+    vae = AutoencoderKL(
+        block_out_channels=(16, 16, 32, 32),
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        layers_per_block=1,
+        latent_channels=4,
+        norm_num_groups=8,
+        scaling_factor=0.13025,
+        sample_size=256,
+    )
+    text_config = CLIPTextConfig(
+        hidden_size=TEXT_WIDTH,
+        intermediate_size=64,
+        num_attention_heads=4,
+        num_hidden_layers=3,
+        vocab_size=514,
+        max_position_embeddings=77,
+        projection_dim=TEXT_WIDTH,
+        bos_token_id=512,
+        eos_token_id=513,
+        pad_token_id=513,
+    )
+    scheduler = EulerDiscreteScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        steps_offset=1,
+        timestep_spacing="leading",
+    )
+    return StableDiffusionXLPipeline(
+        vae=vae,
+        text_encoder=CLIPTextModel(text_config),
+        text_encoder_2=CLIPTextModelWithProjection(text_config),
+        tokenizer=tiny_tokenizer(),
+        tokenizer_2=tiny_tokenizer(),
+        unet=unet,
+        scheduler=scheduler,
+        add_watermarker=False,
+    )
+
+
+def tiny_tokenizer():
+    """A byte-level CLIP tokenizer with no merges: every character is a token."""
+    from transformers import CLIPTokenizer
+
+    chars = _byte_chars()
+    vocab = {c: i for i, c in enumerate(chars)}
+    vocab.update({c + "</w>": len(chars) + i for i, c in enumerate(chars)})
+    vocab["<|startoftext|>"] = len(vocab)
+    vocab["<|endoftext|>"] = len(vocab)
+    return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=77)
+
+
+def _byte_chars() -> list[str]:
+    # GPT-2/CLIP's reversible byte -> printable-character table.
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    others = [b for b in range(256) if b not in printable]
+    return [chr(c) for c in printable] + [chr(256 + n) for n in range(len(others))]
+
+
+def _attn_lora(unet, generator) -> dict[str, torch.Tensor]:
+    """Forge-format rank-4 LoRA on every attention projection weight, like layer_xl_transparent_attn."""
+    out = {}
+    params = dict(unet.named_parameters())
+    for sgm, key in sgm_key_map(params).items():
+        if ".attn" in key and key.endswith(".weight") and ".to_" in key:
+            rows, cols = params[key].shape
+            out[f"{sgm}::lora::0"] = (torch.randn(rows, LORA_RANK, generator=generator) * 0.05).half()
+            out[f"{sgm}::lora::1"] = (torch.randn(LORA_RANK, cols, generator=generator) * 0.05).half()
+    return out
+
+
+def _conv_offsets(unet, generator) -> dict[str, torch.Tensor]:
+    """Forge-format offsets for every tensor except attention q/k/v, like layer_xl_transparent_conv."""
+    params = dict(unet.named_parameters())
+    return {
+        f"{sgm}::diff::0": (torch.randn(params[key].shape, generator=generator) * 0.01).half()
+        for sgm, key in sgm_key_map(params).items()
+        if not any(f".{p}." in key for p in ("to_q", "to_k", "to_v"))
+    }
+
+
+def _tiny_decoder(seed: int) -> TransparentVAEDecoder:
+    torch.manual_seed(seed)
+    decoder = TransparentVAEDecoder(block_out_channels=DECODER_CHANNELS)
+    with torch.no_grad():
+        # The released decoder's outputs sit mostly inside [0, 1]; a random one needs this nudge.
+        decoder.conv_out.weight.mul_(0.5)
+        decoder.conv_out.bias.add_(0.5)
+    return decoder
