@@ -1,5 +1,10 @@
 """SDXL + LayerDiffuse: the transparent decoder, the UNet weight merge, loading, generation, tiny model."""
 
+import os
+
+# Set before transformers is first imported: its import-time notices go to the run log otherwise.
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
 from .decoder import TransparentVAEDecoder, checkerboard, to_preview_uint8, to_rgba_uint8
 from .generation import generate_rgba
 from .loading import LayerDiffuseModel, ModelFilesMissing, load_decoder, load_model, resolve_device

@@ -134,6 +134,7 @@ class TransparentVAEDecoder(ModelMixin, ConfigMixin):
         views = self.tta_views(pixels01, latent, sub_batch)
         return torch.median(views, dim=0).values.clip(0, 1)
 
+    @torch.no_grad()
     def tta_views(self, pixels01: torch.Tensor, latent: torch.Tensor, sub_batch: int = 16) -> torch.Tensor:
         """The 8 de-augmented, clipped passes as [8, B, 4, H, W] (SPEC §4.4).
 

@@ -59,8 +59,20 @@ def resolve_dtype(spec: str, device: torch.device) -> torch.dtype:
     return getattr(torch, spec)
 
 
+def quiet_libraries() -> None:
+    """Library chatter (per-file progress bars, dtype notices) would drown the run log."""
+    import diffusers
+    import transformers
+
+    diffusers.utils.logging.set_verbosity_error()
+    diffusers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+
+
 def load_model(config: ModelConfig, device: torch.device | None = None) -> LayerDiffuseModel:
     """Resolve every file first (one error listing all that are missing), then build the model."""
+    quiet_libraries()
     device = device or resolve_device(config.device)
     dtype = resolve_dtype(config.dtype, device)
     if config.build_tiny_if_missing:

@@ -1,0 +1,209 @@
+"""Command line: turns flags into a Config and calls the stages; no business logic here."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from .config import Config, ConfigError, load_config
+
+EXIT_CODES = """\b
+Exit codes:
+  0  every row produced an image (or was already done)
+  1  unexpected internal error (a bug: please report it with the log)
+  2  usage error: bad flags, config, or an unusable table (nothing was generated)
+  3  the run finished, but some rows are invalid or failed (see the manifest's `error`)
+  4  model weights are missing or cannot be loaded (the message lists the files)"""
+
+
+class ExitError(click.ClickException):
+    """An error with its own exit code, printed without a traceback."""
+
+    def __init__(self, message: str, exit_code: int):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(package_name="layerdiffuse-batch")
+def cli():
+    """Transparent (RGBA) images in bulk from a table of prompts, with SDXL + LayerDiffuse.
+
+    \b
+    Quick start (tiny embedded model, no downloads):
+      layerdiffuse generate data/prompts.csv --config configs/tiny.yaml --out outputs/demo
+    """
+
+
+def _shard(ctx, param, value):
+    if value is None:
+        return None
+    from .sharding import parse_shard
+
+    try:
+        return parse_shard(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+@cli.command(epilog=EXIT_CODES)
+@click.argument("input_path", metavar="INPUT", type=click.Path(path_type=Path))
+@click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path), help="Output folder.")
+@click.option("--config", "config_path", type=click.Path(path_type=Path), help="YAML config (see configs/).")
+@click.option("--model", help="SDXL base: hub id, diffusers folder or .safetensors file (overrides config).")
+@click.option("--batch-size", type=click.IntRange(min=1), help="Images per denoising call.")
+@click.option("--seed", type=click.IntRange(0, 2**64 - 1), help="Base seed for rows without a seed.")
+@click.option("--width", type=int, help="Default width for rows without one (multiple of 64).")
+@click.option("--height", type=int, help="Default height for rows without one (multiple of 64).")
+@click.option("--num-inference-steps", type=int, help="Default steps (hosted API: 20).")
+@click.option("--guidance-scale", type=float, help="Default CFG scale (hosted API: 8).")
+@click.option("--negative-prompt", help='Default negative prompt (hosted API: "text, watermark").')
+@click.option("--allow-empty-prompt", is_flag=True, default=None, help="Accept rows with an empty prompt.")
+@click.option("--limit", type=click.IntRange(min=0), help="Only the first N rows of the table.")
+@click.option("--overwrite", is_flag=True, default=None, help="Redo every row, even those already done.")
+@click.option("--strict", is_flag=True, default=None, help="Refuse the whole table if any row is invalid.")
+@click.option("--tta/--no-tta", default=None, help="8-view test-time augmentation in the decoder (default on).")
+@click.option("--device", help="cpu, cuda, cuda:1 ... (default: auto).")
+@click.option("--dtype", type=click.Choice(["auto", "float32", "float16", "bfloat16"]), help="Model dtype.")
+@click.option("--shard", callback=_shard, metavar="I/N", help="Run only shard I of N (for job arrays).")
+@click.option("--log-format", type=click.Choice(["text", "json"]), help="json: one object per line for cron.")
+def generate(input_path, out_dir, config_path, model, batch_size, seed, width, height, num_inference_steps,
+             guidance_scale, negative_prompt, allow_empty_prompt, limit, overwrite, strict, tta, device, dtype,
+             shard, log_format):  # fmt: skip
+    """Generate one RGBA PNG per row of INPUT (.csv, .parquet or .jsonl) into OUT/images/.
+
+    Table columns: prompt (required); optional id, seed, negative_prompt, guidance_scale,
+    num_inference_steps, width, height, enable_safety_checker; other columns are copied into the
+    manifest. Flags set defaults for rows that lack a value; a row's own value wins. Rerunning
+    skips rows that are done and redoes the rest.
+
+    \b
+    Examples:
+      layerdiffuse generate data/prompts.csv --config configs/tiny.yaml --out outputs/demo
+      layerdiffuse generate prompts.parquet --out out/ --batch-size 4 --log-format json
+      accelerate launch --num_processes 8 -m pipeline generate prompts.parquet --out out/
+    """
+    from .logs import Log
+
+    config = _config(config_path, log_format)
+    log = Log(config.run.log_format, rank=shard[0] if shard else 0)
+    try:
+        config = config.with_overrides("model", base=model, device=device, dtype=dtype)
+        config = config.with_overrides(
+            "defaults", seed=seed, width=width, height=height, num_inference_steps=num_inference_steps,
+            guidance_scale=guidance_scale, negative_prompt=negative_prompt, allow_empty_prompt=allow_empty_prompt,
+        )  # fmt: skip
+        config = config.with_overrides(
+            "run", batch_size=batch_size, limit=limit, overwrite=overwrite, strict=strict, tta=tta,
+        )  # fmt: skip
+        summary = _run_generate(config, input_path, out_dir, shard, log)
+    except ExitError as exc:
+        log.event("error", exc.message, exit_code=exc.exit_code)
+        sys.exit(exc.exit_code)
+    except ConfigError as exc:
+        log.event("error", str(exc), exit_code=2)
+        sys.exit(2)
+    if summary.manifest_written:
+        log.event("done", f"images in {out_dir / 'images'}, manifest in {out_dir / 'manifest.parquet'}")
+    sys.exit(summary.exit_code)
+
+
+def _run_generate(config: Config, input_path: Path, out_dir: Path, shard, log):
+    from .model.loading import ModelFilesMissing
+    from .model.merge import WeightMergeError
+    from .run import EXIT_MODEL, EXIT_USAGE, generate
+    from .table import TableError
+
+    try:
+        return generate(config, input_path, out_dir, shard=shard, log=log)
+    except TableError as exc:
+        raise ExitError(str(exc), EXIT_USAGE) from None
+    except (ModelFilesMissing, WeightMergeError) as exc:
+        raise ExitError(str(exc), EXIT_MODEL) from None
+
+
+def _config(config_path, log_format=None) -> Config:
+    try:
+        config = load_config(config_path)
+        return config.with_overrides("run", log_format=log_format)
+    except ConfigError as exc:
+        raise ExitError(str(exc), 2) from None
+
+
+@cli.command(epilog=EXIT_CODES)
+@click.argument("input_path", metavar="INPUT", type=click.Path(path_type=Path))
+@click.option("--config", "config_path", type=click.Path(path_type=Path), help="YAML config for the defaults.")
+@click.option("--allow-empty-prompt", is_flag=True, default=None, help="Accept rows with an empty prompt.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON object.")
+def validate(input_path, config_path, allow_empty_prompt, as_json):
+    """Check INPUT without loading a model: print a summary and every problem.
+
+    \b
+    Example:
+      layerdiffuse validate data/prompts.csv
+    """
+    from .table import TableError, load_table
+
+    config = _config(config_path).with_overrides("defaults", allow_empty_prompt=allow_empty_prompt)
+    try:
+        table = load_table(input_path, config.defaults)
+    except TableError as exc:
+        raise ExitError(str(exc), 2) from None
+    problems = [e for row in table.invalid for e in row.errors]
+    if as_json:
+        click.echo(json.dumps({"input": str(input_path), "rows": table.total, "valid": len(table.rows),
+                               "invalid": len(table.invalid), "problems": problems}))  # fmt: skip
+    else:
+        click.echo(f"{input_path}: {table.total} rows, {len(table.rows)} valid, {len(table.invalid)} invalid")
+        click.echo(f"columns: {', '.join(table.columns)}")
+        for problem in problems:
+            click.echo(f"  - {problem}")
+    sys.exit(3 if table.invalid else 0)
+
+
+@cli.command()
+@click.argument("out_dir", metavar="DIR", type=click.Path(path_type=Path, exists=True, file_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print the counts as one JSON object.")
+def status(out_dir, as_json):
+    """Rows done / failed / invalid / pending in an output folder DIR.
+
+    \b
+    Example:
+      layerdiffuse status outputs/demo
+    Exit code 0 when every row is done, 3 otherwise.
+    """
+    from .status import folder_status
+
+    try:
+        counts = folder_status(out_dir)
+    except FileNotFoundError as exc:
+        raise ExitError(f"{out_dir}: not an output folder of `layerdiffuse generate` ({exc.filename} missing)", 2)
+    if as_json:
+        click.echo(json.dumps(counts))
+    else:
+        click.echo(" ".join(f"{k}={v}" for k, v in counts.items()))
+    sys.exit(0 if counts["done"] == counts["total"] else 3)
+
+
+@cli.command("build-tiny")
+@click.argument("folder", type=click.Path(path_type=Path), default=Path("models/tiny"))
+@click.option("--seed", default=0, show_default=True, help="Seed of the random weights.")
+def build_tiny(folder, seed):
+    """Write the tiny random SDXL + LayerDiffuse model to FOLDER (default models/tiny).
+
+    It uses the real on-disk formats, so it exercises the same loading code as real weights.
+
+    \b
+    Example:
+      layerdiffuse build-tiny models/tiny
+    """
+    from .model.tiny import build_tiny_model
+
+    click.echo(build_tiny_model(folder, seed))
+
+
+def main():
+    cli(prog_name="layerdiffuse")

@@ -1,0 +1,49 @@
+"""Run logs for people (text, progress bar on a terminal) and for cron jobs (one JSON object per line)."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from contextlib import contextmanager
+from datetime import datetime, timezone
+
+
+def utc_now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+class Log:
+    def __init__(self, fmt: str = "text", rank: int = 0, stream=None):
+        self.fmt = fmt
+        self.rank = rank
+        self.stream = stream or sys.stderr
+
+    def event(self, name: str, message: str = "", **fields) -> None:
+        if self.fmt == "json":
+            record = {"ts": utc_now(), "event": name, "rank": self.rank, **fields}
+            if message:
+                record["message"] = message
+            line = json.dumps(record, ensure_ascii=False, default=str)
+        else:
+            details = " ".join(f"{k}={_short(v)}" for k, v in fields.items())
+            prefix = f"[rank {self.rank}] " if self.rank else ""
+            line = f"{time.strftime('%H:%M:%S')} {prefix}{name}: {message}{'  ' if message and details else ''}{details}"
+        print(line, file=self.stream, flush=True)
+
+    @contextmanager
+    def progress(self, total: int, desc: str = "images"):
+        """A tqdm bar on an interactive terminal with text logs; silent otherwise (events carry progress)."""
+        use_bar = self.fmt == "text" and total > 0 and getattr(self.stream, "isatty", lambda: False)()
+        if not use_bar:
+            yield lambda n=1: None
+            return
+        from tqdm import tqdm
+
+        with tqdm(total=total, desc=desc, unit="img", file=self.stream, dynamic_ncols=True) as bar:
+            yield bar.update
+
+
+def _short(value) -> str:
+    text = str(value)
+    return text if len(text) <= 80 else text[:77] + "..."

@@ -1,0 +1,97 @@
+"""The plain records that flow through the stages: a valid row, an invalid row, a finished image."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+# Columns a table may carry that configure a row; every other column is passed through.
+PARAM_COLUMNS = (
+    "prompt",
+    "negative_prompt",
+    "seed",
+    "guidance_scale",
+    "num_inference_steps",
+    "width",
+    "height",
+    "enable_safety_checker",
+)
+STATUS_OK, STATUS_FAILED, STATUS_INVALID = "ok", "failed", "invalid"
+
+
+@dataclass(frozen=True)
+class Row:
+    """One valid input row with every parameter resolved."""
+
+    number: int  # 1-based position among the table's data rows (the header is not counted)
+    key: str  # `id`, or `row-000001` from the position; the image's file stem
+    prompt: str
+    negative_prompt: str
+    seed: int
+    guidance_scale: float
+    num_inference_steps: int
+    width: int
+    height: int
+    enable_safety_checker: bool
+    extra: dict[str, Any] = field(default_factory=dict, compare=False)  # passthrough columns
+
+    def params(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in PARAM_COLUMNS}
+
+    @property
+    def batch_signature(self) -> tuple:
+        """Rows batch together only when they share these (one denoising call per batch)."""
+        return (self.width, self.height, self.num_inference_steps, self.guidance_scale)
+
+
+@dataclass(frozen=True)
+class InvalidRow:
+    number: int
+    key: str
+    errors: tuple[str, ...]
+    values: dict[str, Any] = field(default_factory=dict, compare=False)  # the raw cells, for the manifest
+
+    @property
+    def error(self) -> str:
+        return "; ".join(self.errors)
+
+
+@dataclass(frozen=True)
+class Batch:
+    """Rows denoised together; `index` orders batches the same way in every run of a table."""
+
+    index: int
+    rows: tuple[Row, ...]
+
+
+@dataclass
+class Rendered:
+    """A finished image on its way to the writer."""
+
+    row: Row
+    rgba: np.ndarray  # uint8 [H, W, 4], straight alpha
+    batch: Batch
+    seconds: float  # this row's share of its batch's generation time
+
+# Every manifest record has these fields; passthrough columns may not reuse the names.
+MANIFEST_FIELDS = (
+    "id",
+    "row",
+    "status",
+    "error",
+    *PARAM_COLUMNS,
+    "has_nsfw_concepts",
+    "image",
+    "sha256",
+    "request_hash",
+    "batch_index",
+    "batch_size",
+    "generation_seconds",
+    "write_seconds",
+    "finished_at",
+    "rank",
+    "model",
+    "environment",
+)

@@ -1,0 +1,26 @@
+"""Counts of done / failed / invalid / pending rows in an output folder, from its files alone."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .manifest import latest_records
+from .records import STATUS_FAILED, STATUS_INVALID
+from .resume import is_done
+from .run import RUN_INFO
+
+
+def folder_status(out_dir: Path) -> dict[str, int]:
+    info = json.loads((out_dir / RUN_INFO).read_text(encoding="utf-8"))
+    latest = latest_records(out_dir)
+    counts = {"total": info["total_rows"], "done": 0, "failed": 0, "invalid": 0, "pending": 0}
+    for key in info["keys"]:
+        record = latest.get(key)
+        if is_done(out_dir, record):
+            counts["done"] += 1
+        elif record and record.get("status") in (STATUS_FAILED, STATUS_INVALID):
+            counts[record["status"]] += 1
+        else:
+            counts["pending"] += 1
+    return counts

@@ -1,0 +1,278 @@
+"""CSV / Parquet / JSON Lines -> validated rows with stable keys. Bad cells make invalid rows, never a crash."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .config import Defaults
+from .determinism import derive_seed
+from .records import MANIFEST_FIELDS, PARAM_COLUMNS, InvalidRow, Row
+
+ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+MAX_PROMPT_CHARS = 20_000
+MAX_SEED = 2**64 - 1
+MAX_SIDE = 4096
+MAX_STEPS = 1000
+MAX_GUIDANCE = 50.0
+SUFFIXES = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet", ".jsonl": "jsonl", ".ndjson": "jsonl"}
+TRUE_WORDS, FALSE_WORDS = {"true", "t", "yes", "y", "1"}, {"false", "f", "no", "n", "0"}
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+
+
+class TableError(ValueError):
+    """The table as a whole cannot be used (unreadable, empty, no prompt column, ...)."""
+
+
+class CellError(ValueError):
+    """One cell is wrong; the message says what would be right."""
+
+
+@dataclass(frozen=True)
+class Table:
+    path: Path
+    columns: tuple[str, ...]
+    rows: tuple[Row, ...]
+    invalid: tuple[InvalidRow, ...]
+
+    @property
+    def total(self) -> int:
+        return len(self.rows) + len(self.invalid)
+
+
+def load_table(path: str | Path, defaults: Defaults, limit: int | None = None) -> Table:
+    """Read and validate a table; only the first `limit` data rows are kept when given."""
+    path = Path(path)
+    columns, records = read_records(path)
+    if "prompt" not in columns:
+        raise TableError(f"{path}: no 'prompt' column (columns found: {', '.join(columns) or 'none'}); "
+                         "add a 'prompt' column with one text prompt per row")  # fmt: skip
+    clashes = sorted(set(columns) & set(MANIFEST_FIELDS) - {"id", *PARAM_COLUMNS})
+    if clashes:
+        raise TableError(f"{path}: column(s) {clashes} clash with manifest fields; rename them")
+    if not records:
+        raise TableError(f"{path}: the table has a header but no rows; add at least one row")
+    if limit is not None:
+        records = records[:limit]
+    rows, invalid = validate_rows(path, records, defaults)
+    return Table(path, tuple(columns), tuple(rows), tuple(invalid))
+
+
+def read_records(path: Path) -> tuple[list[str], list[dict[str, Any]]]:
+    """Column names and one dict per data row, with the file's own types (CSV cells are all text)."""
+    kind = SUFFIXES.get(path.suffix.lower())
+    if kind is None:
+        raise TableError(f"{path}: unknown table type {path.suffix!r}; use .csv, .parquet or .jsonl")
+    if path.is_dir():
+        raise TableError(f"{path}: is a folder; give a .csv, .parquet or .jsonl file")
+    if not path.is_file():
+        raise TableError(f"{path}: no such file")
+    if path.stat().st_size == 0:
+        raise TableError(f"{path}: the file is empty; it needs a header with a 'prompt' column and rows")
+    try:
+        return {"csv": _read_csv, "parquet": _read_parquet, "jsonl": _read_jsonl}[kind](path)
+    except TableError:
+        raise
+    except UnicodeDecodeError as exc:
+        raise TableError(f"{path}: not valid UTF-8 at byte {exc.start}; re-save the file as UTF-8") from exc
+    except Exception as exc:  # pyarrow/pandas parse errors: a damaged or mislabelled file
+        raise TableError(f"{path}: cannot read as {kind}: {type(exc).__name__}: {exc}") from exc
+
+
+def _read_csv(path: Path):
+    import pandas as pd
+
+    # All cells as text (typed and range-checked per cell below); the BOM is dropped; quoted
+    # newlines and commas stay inside their cell.
+    frame = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig", engine="c")
+    return [str(c) for c in frame.columns], frame.to_dict("records")
+
+
+def _read_parquet(path: Path):
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(path)
+    return list(table.column_names), table.to_pylist()
+
+
+def _read_jsonl(path: Path):
+    records, columns = [], {}
+    with path.open(encoding="utf-8-sig") as lines:
+        for number, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise TableError(f"{path}: line {number} is not valid JSON: {exc.msg}") from exc
+            if not isinstance(record, dict):
+                raise TableError(f"{path}: line {number} must be a JSON object like {{\"prompt\": \"...\"}}")
+            columns.update(dict.fromkeys(record))
+            records.append(record)
+    return list(columns), [{c: r.get(c) for c in columns} for r in records]
+
+
+def validate_rows(path: Path, records: list[dict], defaults: Defaults) -> tuple[list[Row], list[InvalidRow]]:
+    rows, invalid, seen = [], [], {}
+    for number, record in enumerate(records, 1):
+        key, errors = _row_key(record, number)
+        folded = key.casefold()
+        if folded in seen:
+            errors.append(f"column 'id': value {key!r} is also used by row {seen[folded]}; ids must be unique "
+                          "(compared ignoring case, as some file systems do)")  # fmt: skip
+        seen.setdefault(folded, number)
+        values, cell_errors = _parse_cells(record, defaults)
+        errors += cell_errors
+        if errors:
+            where = f"{path}: row {number}"
+            invalid.append(InvalidRow(number, key, tuple(f"{where}, {e}" for e in errors), _jsonable(record)))
+            continue
+        if values["seed"] is None:
+            values["seed"] = derive_seed(defaults.seed, key)
+        extra = {c: v for c, v in record.items() if c != "id" and c not in values}
+        rows.append(Row(number=number, key=key, extra=extra, **values))
+    return rows, invalid
+
+
+def _row_key(record: dict, number: int) -> tuple[str, list[str]]:
+    value = record.get("id")
+    if _missing(value):
+        return f"row-{number:06d}", []
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = str(value)
+    if not isinstance(value, str) or not ID_PATTERN.fullmatch(value) or value.endswith("."):
+        shown = value if isinstance(value, str) else type(value).__name__
+        return f"row-{number:06d}", [
+            f"column 'id': value {_show(shown)} is not a safe file name; use 1-128 letters, digits, '.', '_' or '-', "
+            "starting with a letter or digit (no '/', '\\', spaces or leading dots)"
+        ]
+    return value, []
+
+
+def _parse_cells(record: dict, d: Defaults) -> tuple[dict[str, Any], list[str]]:
+    parsers = {
+        "prompt": (lambda v: _text(v, MAX_PROMPT_CHARS, d.allow_empty_prompt), None if not d.allow_empty_prompt else ""),
+        "negative_prompt": (lambda v: _text(v, MAX_PROMPT_CHARS, allow_empty=True), d.negative_prompt),
+        "seed": (lambda v: _int(v, 0, MAX_SEED), None),
+        "guidance_scale": (lambda v: _float(v, 0.0, MAX_GUIDANCE), d.guidance_scale),
+        "num_inference_steps": (lambda v: _int(v, 1, MAX_STEPS), d.num_inference_steps),
+        "width": (_side, d.width),
+        "height": (_side, d.height),
+        "enable_safety_checker": (_bool, d.enable_safety_checker),
+    }
+    values, errors = {}, []
+    for column, (parse, default) in parsers.items():
+        raw = record.get(column)
+        try:
+            if _missing(raw):
+                if column == "prompt" and default is None:
+                    raise CellError("is empty; every row needs a prompt (or pass --allow-empty-prompt)")
+                values[column] = default
+            else:
+                values[column] = parse(raw)
+        except CellError as exc:
+            errors.append(f"column {column!r}: value {_show(raw)} {exc}")
+    return values, errors
+
+
+def check_defaults(d: Defaults, source: str) -> None:
+    """Defaults obey the same rules as cells, so a bad default fails before any row runs."""
+    checks = {
+        "negative_prompt": (lambda v: _text(v, MAX_PROMPT_CHARS, allow_empty=True), d.negative_prompt),
+        "guidance_scale": (lambda v: _float(v, 0.0, MAX_GUIDANCE), d.guidance_scale),
+        "num_inference_steps": (lambda v: _int(v, 1, MAX_STEPS), d.num_inference_steps),
+        "width": (_side, d.width),
+        "height": (_side, d.height),
+        "enable_safety_checker": (_bool, d.enable_safety_checker),
+    }
+    from .config import ConfigError
+
+    for name, (parse, value) in checks.items():
+        try:
+            parse(value)
+        except CellError as exc:
+            raise ConfigError(f"{source}: default {name} = {value!r} {exc}") from None
+
+
+def _missing(value) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value)) or value == ""
+
+
+def _show(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _text(value, max_chars: int, allow_empty: bool = False) -> str:
+    if not isinstance(value, str):
+        raise CellError(f"is a {type(value).__name__}; it must be text")
+    if not allow_empty and not value.strip():
+        raise CellError("is blank; write a prompt")
+    if len(value) > max_chars:
+        raise CellError(f"has {len(value)} characters; the limit is {max_chars} (CLIP reads only ~77 tokens)")
+    if bad := _CONTROL.search(value):
+        raise CellError(f"contains control character U+{ord(bad.group()):04X}; remove it")
+    return value
+
+
+def _int(value, low: int, high: int) -> int:
+    number = _number(value)
+    if isinstance(number, float):
+        if not number.is_integer() or abs(number) > 2**53:
+            raise CellError(f"is not a whole number; write an integer between {low} and {high}")
+        number = int(number)
+    if not low <= number <= high:
+        raise CellError(f"is out of range; use an integer between {low} and {high}")
+    return number
+
+
+def _float(value, low: float, high: float) -> float:
+    number = float(_number(value))
+    if not low <= number <= high:
+        raise CellError(f"is out of range; use a number between {low:g} and {high:g}")
+    return number
+
+
+def _number(value) -> int | float:
+    if isinstance(value, bool):
+        raise CellError("is true/false; it must be a number")
+    if isinstance(value, str):
+        text = value.strip()
+        try:
+            value = int(text)
+        except ValueError:
+            try:
+                value = float(text)
+            except ValueError:
+                raise CellError("is not a number") from None
+    if isinstance(value, float) and not math.isfinite(value):
+        raise CellError("is not finite; write a number")
+    if not isinstance(value, (int, float)):
+        raise CellError(f"is a {type(value).__name__}; it must be a number")
+    return value
+
+
+def _side(value) -> int:
+    side = _int(value, 64, MAX_SIDE)
+    if side % 64:
+        lower, upper = side - side % 64, side - side % 64 + 64
+        raise CellError(f"is not a multiple of 64; the transparent decoder needs one (e.g. {lower or 64} or {upper})")
+    return side
+
+
+def _bool(value) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str) and value.strip().lower() in TRUE_WORDS | FALSE_WORDS:
+        return value.strip().lower() in TRUE_WORDS
+    raise CellError("is not true or false; write true/false (also yes/no, 1/0)")
+
+
+def _jsonable(record: dict) -> dict:
+    return {k: (v if isinstance(v, (str, int, float, bool, type(None))) else str(v)) for k, v in record.items()}

@@ -1,0 +1,98 @@
+"""Atomic PNG writes with prompt metadata; a manifest record is appended only after its PNG is in place."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import tempfile
+import threading
+from pathlib import Path
+
+from PIL import Image, PngImagePlugin
+
+from .records import Row
+
+IMAGES = "images"
+
+
+def encode_png(rgba, row: Row, model_name: str, compress_level: int) -> bytes:
+    """RGBA PNG bytes; deterministic for the same pixels, row and model (no timestamps inside)."""
+    info = PngImagePlugin.PngInfo()
+    info.add_text("parameters", a1111_parameters(row, model_name))
+    for name, value in row.params().items():
+        info.add_text(name, str(value))
+    info.add_text("model", model_name)
+    buffer = io.BytesIO()
+    Image.fromarray(rgba, mode="RGBA").save(buffer, format="PNG", pnginfo=info, compress_level=compress_level)
+    return buffer.getvalue()
+
+
+def a1111_parameters(row: Row, model_name: str) -> str:
+    """The `parameters` text that AUTOMATIC1111-style readers and galleries show."""
+    return (
+        f"{row.prompt}\nNegative prompt: {row.negative_prompt}\n"
+        f"Steps: {row.num_inference_steps}, Sampler: Euler, CFG scale: {row.guidance_scale:g}, "
+        f"Seed: {row.seed}, Size: {row.width}x{row.height}, Model: {model_name}, Transparency: LayerDiffuse"
+    )
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Temporary file in the same folder, fsync, rename: readers see the old file or the new, never half."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_image(out_dir: Path, row: Row, png: bytes) -> dict:
+    """Write `images/<key>.png`; returns the hosted API's image fields plus sha256."""
+    path = out_dir / IMAGES / f"{row.key}.png"
+    write_atomic(path, png)
+    return {
+        "image": {
+            "url": f"{IMAGES}/{path.name}",
+            "content_type": "image/png",
+            "file_name": path.name,
+            "file_size": len(png),
+            "width": row.width,
+            "height": row.height,
+        },
+        "sha256": hashlib.sha256(png).hexdigest(),
+    }
+
+
+class ManifestPart:
+    """An append-only JSON-lines log of one process's records; each line is flushed and fsynced.
+
+    Safe to append from the writer thread and the main thread.
+    """
+
+    def __init__(self, path: Path):
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._handle = path.open("a", encoding="utf-8")
+        self._lock = threading.Lock()
+
+    def append(self, record: dict) -> None:
+        line = json.dumps(record, ensure_ascii=False, default=str) + "\n"
+        with self._lock:
+            self._handle.write(line)
+            self._handle.flush()
+            os.fsync(self._handle.fileno())
+
+    def close(self) -> None:
+        self._handle.close()
+
+    def __enter__(self) -> ManifestPart:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
