@@ -13,11 +13,18 @@ from .loading import LayerDiffuseModel
 SHARED_FIELDS = ("width", "height", "num_inference_steps", "guidance_scale")
 
 
-@torch.inference_mode()
 def generate_rgba(
     model: LayerDiffuseModel, rows: Sequence, tta: bool = True, decoder_sub_batch: int = 16
 ) -> np.ndarray:
-    """RGBA uint8 [B, H, W, 4] for rows that share width, height, steps and guidance scale.
+    """RGBA uint8 [B, H, W, 4] (straight alpha) for rows that share width, height, steps and guidance."""
+    return to_rgba_uint8(generate_decoded(model, rows, tta, decoder_sub_batch))
+
+
+@torch.inference_mode()
+def generate_decoded(
+    model: LayerDiffuseModel, rows: Sequence, tta: bool = True, decoder_sub_batch: int = 16
+) -> torch.Tensor:
+    """The transparent decoder's output [B, 4, H, W] in [0, 1], channel 0 alpha.
 
     A row needs `prompt`, `negative_prompt`, `seed` and the shared fields. Each row's initial noise
     comes from its own CPU generator, so its image does not depend on its batch-mates' seeds.
@@ -48,8 +55,7 @@ def generate_rgba(
     latent = sampled / pipe.vae.config.scaling_factor
     pixels = pipe.vae.decode(latent.to(pipe.vae.dtype)).sample
     pixels01 = (pixels.float() * 0.5 + 0.5).clip(0, 1)
-    decoded = model.decoder.decode(pixels01, latent, augment=tta, sub_batch=decoder_sub_batch)
-    return to_rgba_uint8(decoded)
+    return model.decoder.decode(pixels01, latent, augment=tta, sub_batch=decoder_sub_batch)
 
 
 def initial_latents(model: LayerDiffuseModel, width: int, height: int, generators) -> torch.Tensor:
