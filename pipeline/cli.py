@@ -180,7 +180,7 @@ def status(out_dir, as_json):
     try:
         counts = folder_status(out_dir)
     except FileNotFoundError as exc:
-        raise ExitError(f"{out_dir}: not an output folder of `layerdiffuse generate` ({exc.filename} missing)", 2)
+        raise ExitError(f"{out_dir}: not an output folder of `layerdiffuse generate` ({exc.filename} missing)", 2) from None
     if as_json:
         click.echo(json.dumps(counts))
     else:

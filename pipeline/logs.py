@@ -28,7 +28,9 @@ class Log:
         else:
             details = " ".join(f"{k}={_short(v)}" for k, v in fields.items())
             prefix = f"[rank {self.rank}] " if self.rank else ""
-            line = f"{time.strftime('%H:%M:%S')} {prefix}{name}: {message}{'  ' if message and details else ''}{details}"
+            line = (
+                f"{time.strftime('%H:%M:%S')} {prefix}{name}: {message}{'  ' if message and details else ''}{details}"
+            )
         print(line, file=self.stream, flush=True)
 
     @contextmanager

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .records import STATUS_INVALID, InvalidRow, Row
+from .records import PARAM_COLUMNS, STATUS_INVALID, InvalidRow, Row
 from .writer import write_atomic
 
 PARTS = "parts"
@@ -42,7 +42,18 @@ def latest_records(out_dir: Path) -> dict[str, dict]:
 
 
 def invalid_record(row: InvalidRow) -> dict:
-    return {**row.values, "id": row.key, "row": row.number, "status": STATUS_INVALID, "error": row.error}
+    """Parameters stay null (their cells may be of any type); the raw cells are kept as text in `input`."""
+    extra = {k: v for k, v in row.values.items() if k != "id" and k not in PARAM_COLUMNS}
+    cells = {k: None if v is None else str(v) for k, v in row.values.items()}
+    return {
+        **extra,
+        "id": row.key,
+        "row": row.number,
+        "status": STATUS_INVALID,
+        "error": row.error,
+        **dict.fromkeys(PARAM_COLUMNS),
+        "input": cells,
+    }
 
 
 def final_records(out_dir: Path, rows: list[Row], invalid: list[InvalidRow]) -> list[dict] | None:
@@ -66,11 +77,27 @@ def _parquet_bytes(records: list[dict]) -> bytes:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    # JSON round trip: one value type per field (e.g. dates as text), as in manifest.jsonl.
+    # JSON round trip: values as in manifest.jsonl (e.g. dates as text).
     plain = [json.loads(json.dumps(r, default=str)) for r in records]
+    try:
+        table = pa.Table.from_pylist(plain)
+    except (pa.ArrowInvalid, pa.ArrowTypeError):
+        table = pa.Table.from_pylist(_text_where_mixed(plain))
     sink = pa.BufferOutputStream()
-    pq.write_table(pa.Table.from_pylist(plain), sink)
+    pq.write_table(table, sink)
     return sink.getvalue().to_pybytes()
+
+
+def _text_where_mixed(records: list[dict]) -> list[dict]:
+    """Columns whose values differ in type across rows (passthrough columns of JSON Lines) become JSON text."""
+    kinds: dict[str, set] = {}
+    for record in records:
+        for key, value in record.items():
+            if value is not None:
+                kinds.setdefault(key, set()).add(float if isinstance(value, int) and not isinstance(value, bool)
+                                                 else type(value))  # fmt: skip
+    mixed = {key for key, types in kinds.items() if len(types) > 1}
+    return [{k: json.dumps(v) if k in mixed and v is not None else v for k, v in r.items()} for r in records]
 
 
 def read_manifest(out_dir: Path) -> list[dict]:

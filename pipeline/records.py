@@ -75,6 +75,7 @@ class Rendered:
     batch: Batch
     seconds: float  # this row's share of its batch's generation time
 
+
 # Every manifest record has these fields; passthrough columns may not reuse the names.
 MANIFEST_FIELDS = (
     "id",
@@ -94,4 +95,5 @@ MANIFEST_FIELDS = (
     "rank",
     "model",
     "environment",
+    "input",
 )

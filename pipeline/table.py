@@ -110,7 +110,7 @@ def _read_jsonl(path: Path):
             except json.JSONDecodeError as exc:
                 raise TableError(f"{path}: line {number} is not valid JSON: {exc.msg}") from exc
             if not isinstance(record, dict):
-                raise TableError(f"{path}: line {number} must be a JSON object like {{\"prompt\": \"...\"}}")
+                raise TableError(f'{path}: line {number} must be a JSON object like {{"prompt": "..."}}')
             columns.update(dict.fromkeys(record))
             records.append(record)
     return list(columns), [{c: r.get(c) for c in columns} for r in records]
@@ -129,7 +129,7 @@ def validate_rows(path: Path, records: list[dict], defaults: Defaults) -> tuple[
         errors += cell_errors
         if errors:
             where = f"{path}: row {number}"
-            invalid.append(InvalidRow(number, key, tuple(f"{where}, {e}" for e in errors), _jsonable(record)))
+            invalid.append(InvalidRow(number, key, tuple(f"{where}, {e}" for e in errors), record))
             continue
         if values["seed"] is None:
             values["seed"] = derive_seed(defaults.seed, key)
@@ -155,7 +155,10 @@ def _row_key(record: dict, number: int) -> tuple[str, list[str]]:
 
 def _parse_cells(record: dict, d: Defaults) -> tuple[dict[str, Any], list[str]]:
     parsers = {
-        "prompt": (lambda v: _text(v, MAX_PROMPT_CHARS, d.allow_empty_prompt), None if not d.allow_empty_prompt else ""),
+        "prompt": (
+            lambda v: _text(v, MAX_PROMPT_CHARS, d.allow_empty_prompt),
+            None if not d.allow_empty_prompt else "",
+        ),
         "negative_prompt": (lambda v: _text(v, MAX_PROMPT_CHARS, allow_empty=True), d.negative_prompt),
         "seed": (lambda v: _int(v, 0, MAX_SEED), None),
         "guidance_scale": (lambda v: _float(v, 0.0, MAX_GUIDANCE), d.guidance_scale),
@@ -272,7 +275,3 @@ def _bool(value) -> bool:
     if isinstance(value, str) and value.strip().lower() in TRUE_WORDS | FALSE_WORDS:
         return value.strip().lower() in TRUE_WORDS
     raise CellError("is not true or false; write true/false (also yes/no, 1/0)")
-
-
-def _jsonable(record: dict) -> dict:
-    return {k: (v if isinstance(v, (str, int, float, bool, type(None))) else str(v)) for k, v in record.items()}

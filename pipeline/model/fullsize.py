@@ -56,8 +56,13 @@ def random_fullsize_model(device: torch.device, dtype: torch.dtype) -> LayerDiff
             tokenizer=tiny_tokenizer(),
             tokenizer_2=tiny_tokenizer(),
             unet=UNet2DConditionModel(**SDXL_UNET),
-            scheduler=EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-                                             steps_offset=1, timestep_spacing="leading"),  # fmt: skip
+            scheduler=EulerDiscreteScheduler(
+                beta_start=0.00085,
+                beta_end=0.012,
+                beta_schedule="scaled_linear",
+                steps_offset=1,
+                timestep_spacing="leading",
+            ),  # fmt: skip
             add_watermarker=False,
         )
         decoder = TransparentVAEDecoder()

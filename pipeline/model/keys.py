@@ -65,7 +65,5 @@ def _inner(kind: str, rest: str) -> str:
 def sgm_key_map(diffusers_keys) -> dict[str, str]:
     """{SGM key: diffusers key} for every given diffusers key."""
     keys = list(diffusers_keys)
-    with_attention = frozenset(
-        int(k.split(".")[1]) for k in keys if k.startswith("up_blocks.") and ".attentions." in k
-    )
+    with_attention = frozenset(int(k.split(".")[1]) for k in keys if k.startswith("up_blocks.") and ".attentions." in k)
     return {diffusers_to_sgm(k, with_attention): k for k in keys}
