@@ -180,7 +180,8 @@ def status(out_dir, as_json):
     try:
         counts = folder_status(out_dir)
     except FileNotFoundError as exc:
-        raise ExitError(f"{out_dir}: not an output folder of `layerdiffuse generate` ({exc.filename} missing)", 2) from None
+        message = f"{out_dir}: not an output folder of `layerdiffuse generate` ({exc.filename} missing)"
+        raise ExitError(message, 2) from None
     if as_json:
         click.echo(json.dumps(counts))
     else:

@@ -146,9 +146,8 @@ class TransparentVAEDecoder(ModelMixin, ConfigMixin):
         for indices in groups:
             feed_pixels = torch.cat([_augment(pixels01, *TTA_VIEWS[i]) for i in indices])
             feed_latent = torch.cat([_augment(latent, *TTA_VIEWS[i]) for i in indices])
-            raw = torch.cat(
-                [self(p, lat) for p, lat in zip(feed_pixels.split(sub_batch), feed_latent.split(sub_batch), strict=True)]
-            )
+            pieces = zip(feed_pixels.split(sub_batch), feed_latent.split(sub_batch), strict=True)
+            raw = torch.cat([self(p, lat) for p, lat in pieces])
             for i, chunk in zip(indices, raw.clip(0, 1).chunk(len(indices)), strict=True):
                 outputs[i] = _restore(chunk, *TTA_VIEWS[i])
         return torch.stack([outputs[i] for i in range(len(TTA_VIEWS))])
