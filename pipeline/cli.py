@@ -177,16 +177,44 @@ def status(out_dir, as_json):
     """
     from .status import folder_status
 
-    try:
-        counts = folder_status(out_dir)
-    except FileNotFoundError as exc:
-        message = f"{out_dir}: not an output folder of `layerdiffuse generate` ({exc.filename} missing)"
-        raise ExitError(message, 2) from None
+    counts = _read_folder(folder_status, out_dir)
     if as_json:
         click.echo(json.dumps(counts))
     else:
         click.echo(" ".join(f"{k}={v}" for k, v in counts.items()))
     sys.exit(0 if counts["done"] == counts["total"] else 3)
+
+
+def _read_folder(function, out_dir: Path):
+    try:
+        return function(out_dir)
+    except FileNotFoundError as exc:
+        message = f"{out_dir}: not an output folder of `layerdiffuse generate` ({exc.filename} missing)"
+        raise ExitError(message, 2) from None
+
+
+@cli.command("merge")
+@click.argument("out_dir", metavar="DIR", type=click.Path(path_type=Path, exists=True, file_okay=False))
+def merge_command(out_dir):
+    """Assemble DIR/manifest.parquet and manifest.jsonl from the per-process parts in DIR/parts/.
+
+    `generate` does this itself when its last process finishes; use `merge` when the shards of one
+    table ran as separate jobs (`--shard I/N`) or to check whether a run is complete.
+
+    \b
+    Example:
+      for i in 0 1 2; do layerdiffuse generate t.parquet --out out/ --shard $i/3; done
+      layerdiffuse merge out/
+    Exit code 0 when the manifest was written, 3 when some rows have no outcome yet.
+    """
+    from .manifest import merge, missing_keys
+
+    if _read_folder(merge, out_dir) is None:
+        missing = missing_keys(out_dir)
+        shown = ", ".join(missing[:10]) + (" ..." if len(missing) > 10 else "")
+        click.echo(f"{len(missing)} row(s) have no outcome yet ({shown}); run generate again to finish them", err=True)
+        sys.exit(3)
+    click.echo(f"wrote {out_dir / 'manifest.parquet'} and {out_dir / 'manifest.jsonl'}")
 
 
 @cli.command("build-tiny")

@@ -5,12 +5,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .records import PARAM_COLUMNS, STATUS_INVALID, InvalidRow, Row
+from .records import MANIFEST_FIELDS, PARAM_COLUMNS, STATUS_INVALID, InvalidRow
 from .writer import write_atomic
 
 PARTS = "parts"
 MANIFEST_JSONL = "manifest.jsonl"
 MANIFEST_PARQUET = "manifest.parquet"
+RUN_INFO = "run.json"
 
 
 def part_paths(out_dir: Path) -> list[Path]:
@@ -45,25 +46,38 @@ def invalid_record(row: InvalidRow) -> dict:
     """Parameters stay null (their cells may be of any type); the raw cells are kept as text in `input`."""
     extra = {k: v for k, v in row.values.items() if k != "id" and k not in PARAM_COLUMNS}
     cells = {k: None if v is None else str(v) for k, v in row.values.items()}
-    return {
-        **extra,
-        "id": row.key,
-        "row": row.number,
-        "status": STATUS_INVALID,
-        "error": row.error,
-        **dict.fromkeys(PARAM_COLUMNS),
-        "input": cells,
-    }
+    record = {**extra, **dict.fromkeys(MANIFEST_FIELDS)}
+    record.update(id=row.key, row=row.number, status=STATUS_INVALID, error=row.error, input=cells)
+    return record
 
 
-def final_records(out_dir: Path, rows: list[Row], invalid: list[InvalidRow]) -> list[dict] | None:
-    """Every table row's final record in input order, or None while some row has no outcome yet."""
+def merge(out_dir: Path, keys: list[str] | None = None) -> list[dict] | None:
+    """Write the merged manifest once every row has an outcome and return its records; else None.
+
+    Any process may call it at any time: the manifest is complete or not written, and writes are atomic.
+    """
+    keys = keys if keys is not None else read_run_info(out_dir)["keys"]
     latest = latest_records(out_dir)
-    ordered = sorted([(r.number, r.key) for r in rows] + [(r.number, r.key) for r in invalid])
-    records = [latest.get(key) for _, key in ordered]
-    if any(r is None for r in records):
+    if any(key not in latest for key in keys):
         return None
+    records = [latest[key] for key in keys]
+    write_manifest(out_dir, records)
     return records
+
+
+def missing_keys(out_dir: Path) -> list[str]:
+    """Rows of the folder's table that have no outcome yet."""
+    latest = latest_records(out_dir)
+    return [key for key in read_run_info(out_dir)["keys"] if key not in latest]
+
+
+def write_run_info(out_dir: Path, info: dict) -> None:
+    write_atomic(out_dir / RUN_INFO, (json.dumps(info, indent=1, default=str) + "\n").encode())
+
+
+def read_run_info(out_dir: Path) -> dict:
+    """What `generate` recorded about the table: input path, row count and row keys in input order."""
+    return json.loads((out_dir / RUN_INFO).read_text(encoding="utf-8"))
 
 
 def write_manifest(out_dir: Path, records: list[dict]) -> None:

@@ -3,39 +3,37 @@ table -> rows -> batches -> (this process's share of what is not done) -> model 
 
 from __future__ import annotations
 
-import json
 import platform
 import socket
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
 from .config import Config, as_dict
 from .determinism import plan_batches
 from .logs import Log, utc_now
-from .manifest import PARTS, final_records, invalid_record, latest_records, write_manifest
+from .manifest import PARTS, invalid_record, latest_records, merge, write_run_info
 from .records import STATUS_FAILED, STATUS_OK, Batch, Row
 from .resume import request_hash, rows_to_do
 from .sharding import Process, current_process, my_share
 from .table import Table, TableError, load_table
-from .writer import IMAGES, ManifestPart, encode_png, write_atomic, write_image
+from .writer import IMAGES, ManifestPart, encode_png, remove_stale_temporaries, write_image
 
 EXIT_OK, EXIT_ROWS, EXIT_USAGE, EXIT_MODEL = 0, 3, 2, 4
-RUN_INFO = "run.json"
 
 
 @dataclass
 class Summary:
-    total: int = 0
     ok: int = 0
     skipped: int = 0
     failed: int = 0
     invalid: int = 0
     seconds: float = 0.0
     manifest_written: bool = False
-    errors: list[str] = field(default_factory=list)
+    unfinished_in_manifest: int = 0  # failed or invalid rows in the merged manifest
+    launched: bool = False  # one of several processes of an accelerate/torchrun launch
 
     @property
     def images_per_second(self) -> float:
@@ -43,19 +41,24 @@ class Summary:
 
     @property
     def exit_code(self) -> int:
-        return EXIT_ROWS if self.failed or self.invalid else EXIT_OK
+        if self.launched and not self.manifest_written:
+            # The launcher ends every sibling when one process exits non-zero; the process that
+            # merges the manifest (the last to finish) reports for the whole run.
+            return EXIT_OK
+        return EXIT_ROWS if self.failed or self.invalid or self.unfinished_in_manifest else EXIT_OK
 
 
 def generate(config: Config, input_path: Path, out_dir: Path, shard=None, log: Log | None = None) -> Summary:
-    started = time.perf_counter()
+    started, started_at = time.perf_counter(), time.time()
     process = current_process(shard)
-    log = log or Log(config.run.log_format, process.rank)
+    log = log or Log(config.run.log_format)
+    log.rank = process.rank
     # 1. read and validate the table; no model is loaded for a table that is refused
     table = load_table(input_path, config.defaults, config.run.limit)
     if config.run.strict and table.invalid:
         raise TableError("\n".join(e for row in table.invalid for e in row.errors) + "\n--strict: nothing was run")
-    summary = Summary(total=table.total, invalid=len(table.invalid))
-    for row in table.invalid:
+    summary = Summary(invalid=len(table.invalid), launched=process.world_size > 1 and shard is None)
+    for row in table.invalid if process.is_main else ():
         log.event("invalid_row", row.error, id=row.key, row=row.number)
     # 2. plan batches on the whole table, then keep this process's share of what is not done
     (out_dir / IMAGES).mkdir(parents=True, exist_ok=True)
@@ -70,6 +73,7 @@ def generate(config: Config, input_path: Path, out_dir: Path, shard=None, log: L
     # 3. render and write
     with ManifestPart(_part_path(out_dir, process)) as part:
         if process.is_main:
+            remove_stale_temporaries(out_dir / IMAGES, older_than=started_at)
             _write_run_info(out_dir, input_path, table, config)
             for row in table.invalid:
                 if latest.get(row.key) != invalid_record(row):
@@ -77,10 +81,10 @@ def generate(config: Config, input_path: Path, out_dir: Path, shard=None, log: L
         if mine:
             _render(config, mine, todo, out_dir, part, process, identity, log, summary)
     # 4. the process that sees every row finished writes the merged manifest
-    records = final_records(out_dir, list(table.rows), list(table.invalid))
+    records = merge(out_dir, table.keys)
     if records is not None:
-        write_manifest(out_dir, records)
         summary.manifest_written = True
+        summary.unfinished_in_manifest = sum(r["status"] != STATUS_OK for r in records)
     summary.seconds = time.perf_counter() - started
     log.event("summary", ok=summary.ok, skipped=summary.skipped, failed=summary.failed, invalid=summary.invalid,
               seconds=round(summary.seconds, 2), images_per_second=round(summary.images_per_second, 3),
@@ -208,6 +212,7 @@ def environment(model, process: Process, config: Config) -> dict:
         "dtype": str(model.dtype).removeprefix("torch."),
         "batch_size": config.run.batch_size,
         "tta": config.run.tta,
+        "cpu_threads": torch.get_num_threads(),  # CPU results depend on it (reduction order)
         "host": socket.gethostname(),
         "world_size": process.world_size,
     }
@@ -222,8 +227,8 @@ def _write_run_info(out_dir: Path, input_path: Path, table: Table, config: Confi
     info = {
         "input": str(Path(input_path).resolve()),
         "total_rows": table.total,
-        "keys": [r.key for r in sorted([*table.rows, *table.invalid], key=lambda r: r.number)],
+        "keys": table.keys,
         "config": as_dict(config),
         "started_at": utc_now(),
     }
-    write_atomic(out_dir / RUN_INFO, (json.dumps(info, indent=1, default=str) + "\n").encode())
+    write_run_info(out_dir, info)

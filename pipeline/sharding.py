@@ -26,9 +26,11 @@ def current_process(shard: tuple[int, int] | None = None) -> Process:
         return Process(rank=shard[0], world_size=shard[1])
     if not _launched():
         return Process()
+    import torch
     from accelerate import PartialState
 
-    state = PartialState()
+    # Without CUDA, accelerate needs cpu=True to pick the gloo backend (else it sees a single process).
+    state = PartialState(cpu=not torch.cuda.is_available())
     return Process(rank=state.process_index, world_size=state.num_processes, local_rank=state.local_process_index)
 
 

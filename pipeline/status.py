@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-from .manifest import latest_records
+from .manifest import latest_records, read_run_info
 from .records import STATUS_FAILED, STATUS_INVALID
 from .resume import is_done
-from .run import RUN_INFO
 
 
 def folder_status(out_dir: Path) -> dict[str, int]:
-    info = json.loads((out_dir / RUN_INFO).read_text(encoding="utf-8"))
+    info = read_run_info(out_dir)
     latest = latest_records(out_dir)
     counts = {"total": info["total_rows"], "done": 0, "failed": 0, "invalid": 0, "pending": 0}
     for key in info["keys"]:

@@ -43,6 +43,11 @@ class Table:
     def total(self) -> int:
         return len(self.rows) + len(self.invalid)
 
+    @property
+    def keys(self) -> list[str]:
+        """Row keys in input order, valid and invalid alike."""
+        return [r.key for r in sorted([*self.rows, *self.invalid], key=lambda r: r.number)]
+
 
 def load_table(path: str | Path, defaults: Defaults, limit: int | None = None) -> Table:
     """Read and validate a table; only the first `limit` data rows are kept when given."""

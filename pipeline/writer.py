@@ -52,6 +52,19 @@ def write_atomic(path: Path, data: bytes) -> None:
         raise
 
 
+def remove_stale_temporaries(folder: Path, older_than: float) -> int:
+    """Delete temporary files that a killed run left behind (files of running writers are newer)."""
+    removed = 0
+    for path in folder.glob(".*.tmp"):
+        try:
+            if path.stat().st_mtime < older_than:
+                path.unlink()
+                removed += 1
+        except FileNotFoundError:
+            continue  # its writer renamed or removed it meanwhile
+    return removed
+
+
 def write_image(out_dir: Path, row: Row, png: bytes) -> dict:
     """Write `images/<key>.png`; returns the hosted API's image fields plus sha256."""
     path = out_dir / IMAGES / f"{row.key}.png"

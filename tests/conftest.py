@@ -12,7 +12,7 @@ import pytest
 os.environ["HF_HUB_OFFLINE"] = "1"  # tests never touch the network
 
 REPO = Path(__file__).resolve().parents[1]
-FIXTURES = REPO.parent / "shared" / "layerdiffuse" / "fixtures"
+FIXTURES = Path(os.environ.get("LAYERDIFFUSE_FIXTURES", REPO.parent / "shared" / "layerdiffuse" / "fixtures"))
 
 
 def fixture_path(name: str) -> Path:

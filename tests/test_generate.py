@@ -240,3 +240,16 @@ def test_help_is_complete_with_an_example(command):
 def test_python_dash_m_entry_point():
     result = subprocess.run([sys.executable, "-m", "pipeline", "--help"], capture_output=True, text=True, cwd=REPO)
     assert result.returncode == 0 and "generate" in result.stdout and "validate" in result.stdout
+
+
+def test_temporary_files_of_a_killed_run_are_removed(tmp_path, tiny_config_file):
+    (tmp_path / "t.csv").write_text("prompt\na\n")
+    images = tmp_path / "out" / "images"
+    images.mkdir(parents=True)
+    leftover = images / ".row-000001.png.abc123.tmp"
+    leftover.write_bytes(b"half a png")
+    import os
+
+    os.utime(leftover, (1, 1))
+    assert run("generate", tmp_path / "t.csv", "--out", tmp_path / "out", config=tiny_config_file).exit_code == 0
+    assert sorted(p.name for p in images.iterdir()) == ["row-000001.png"]
