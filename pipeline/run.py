@@ -57,7 +57,7 @@ def generate(config: Config, input_path: Path, out_dir: Path, shard=None, log: L
     table = load_table(input_path, config.defaults, config.run.limit)
     if config.run.strict and table.invalid:
         raise TableError("\n".join(e for row in table.invalid for e in row.errors) + "\n--strict: nothing was run")
-    summary = Summary(invalid=len(table.invalid), launched=process.world_size > 1 and shard is None)
+    summary = Summary(invalid=len(table.invalid), launched=process.launched)
     for row in table.invalid if process.is_main else ():
         log.event("invalid_row", row.error, id=row.key, row=row.number)
     # 2. plan batches on the whole table, then keep this process's share of what is not done
@@ -66,7 +66,8 @@ def generate(config: Config, input_path: Path, out_dir: Path, shard=None, log: L
     batches = plan_batches(table.rows, config.run.batch_size)
     latest = latest_records(out_dir)
     todo = {r.key for r in table.rows} if config.run.overwrite else rows_to_do(out_dir, batches, latest, identity)
-    mine = my_share([b for b in batches if any(r.key in todo for r in b.rows)], process)
+    mine = my_share(batches, process, pending=lambda b: any(r.key in todo for r in b.rows))
+    process.wait_for_peers()  # every process has read the folder before any writes to it
     summary.skipped = sum(1 for r in table.rows if r.key not in todo) if process.is_main else 0
     log.event("plan", input=str(input_path), rows=table.total, invalid=len(table.invalid), to_do=len(todo),
               batches=len(mine), rank=process.rank, world_size=process.world_size)  # fmt: skip

@@ -1,8 +1,17 @@
-"""The only module that knows about the distributed runtime: which batches belong to this process."""
+"""The only module that knows about the distributed runtime: which batches belong to this process.
+
+Two ways to split a table:
+- a launch (accelerate launch, torchrun): all processes start together, agree on what is left once at
+  start-up (one barrier, before anything is written) and share the remaining batches evenly;
+- `--shard I/N`: independent jobs that may run at different times; each owns a fixed slice of all
+  batches and skips what is done, so no coordination is needed at all.
+No collective communication happens while generating: a crashed process cannot hang the others.
+"""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -14,34 +23,42 @@ class Process:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
+    launched: bool = False  # started by a launcher, with peers running now
 
     @property
     def is_main(self) -> bool:
         return self.rank == 0
 
+    def wait_for_peers(self) -> None:
+        if self.launched:
+            from accelerate import PartialState
+
+            PartialState().wait_for_everyone()
+
 
 def current_process(shard: tuple[int, int] | None = None) -> Process:
-    """Rank and world size from `--shard I/N`, else from the launcher (accelerate, torchrun, Slurm)."""
+    """Rank and world size from `--shard I/N`, else from the launcher (accelerate, torchrun)."""
     if shard is not None:
         return Process(rank=shard[0], world_size=shard[1])
-    if not _launched():
-        return Process()
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return Process()  # a plain run stays free of the distributed runtime
     import torch
     from accelerate import PartialState
 
     # Without CUDA, accelerate needs cpu=True to pick the gloo backend (else it sees a single process).
     state = PartialState(cpu=not torch.cuda.is_available())
-    return Process(rank=state.process_index, world_size=state.num_processes, local_rank=state.local_process_index)
+    return Process(state.process_index, state.num_processes, state.local_process_index, launched=True)
 
 
-def _launched() -> bool:
-    # accelerate launch and torchrun set WORLD_SIZE; a plain run stays free of the distributed runtime.
-    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+def my_share(batches: list[T], process: Process, pending: Callable[[T], bool]) -> list[T]:
+    """This process's batches that still need work; no batch is given to two processes.
 
-
-def my_share(work: list[T], process: Process) -> list[T]:
-    """Round-robin over the remaining work: shares differ by at most one item, none is given twice."""
-    return work[process.rank :: process.world_size]
+    Launched processes split the pending batches round-robin (shares differ by at most one batch);
+    shards split all batches, so a shard's slice does not depend on what other shards finished.
+    """
+    if process.launched:
+        return [b for b in batches if pending(b)][process.rank :: process.world_size]
+    return [b for b in batches[process.rank :: process.world_size] if pending(b)]
 
 
 def parse_shard(text: str) -> tuple[int, int]:

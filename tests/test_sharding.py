@@ -22,12 +22,22 @@ VOLATILE = {"generation_seconds", "write_seconds", "finished_at", "environment",
 ROWS = 14
 
 
-def test_round_robin_shares_differ_by_at_most_one_and_cover_everything():
-    work = list(range(11))
-    shares = [my_share(work, Process(rank=r, world_size=4)) for r in range(4)]
-    assert sorted(x for share in shares for x in share) == work
+def test_launched_processes_share_the_remaining_work_evenly():
+    work = list(range(23))
+    pending = lambda x: x % 2 == 1 or x > 15  # noqa: E731  (a resume: some batches are done)
+    shares = [my_share(work, Process(rank=r, world_size=4, launched=True), pending) for r in range(4)]
+    assert sorted(x for share in shares for x in share) == [x for x in work if pending(x)]
     assert max(map(len, shares)) - min(map(len, shares)) <= 1
-    assert [my_share([1], Process(rank=r, world_size=3)) for r in range(3)] == [[1], [], []]
+    idle = [my_share([1], Process(rank=r, world_size=3, launched=True), lambda x: True) for r in range(3)]
+    assert idle == [[1], [], []]
+
+
+def test_shards_own_fixed_slices_whatever_is_done():
+    work = list(range(10))
+    for done in (set(), {0, 3, 6}):
+        shares = [my_share(work, Process(rank=r, world_size=3), lambda x, d=done: x not in d) for r in range(3)]
+        assert shares[1] == [x for x in (1, 4, 7) if x not in done]
+        assert sorted(x for share in shares for x in share) == [x for x in work if x not in done]
 
 
 def test_parse_shard():
@@ -94,8 +104,8 @@ def test_two_processes_with_accelerate_match_one_process(reference, tiny_config_
     process = launch(2, table, tmp_path / "two", tiny_config_file)
     output, _ = process.communicate(timeout=300)
     assert_complete(tmp_path / "two", output)
-    parts = sorted(p.name for p in (tmp_path / "two" / "parts").iterdir())
-    assert [p.split("-", 1)[1] for p in parts] == ["rank00000-of-00002.jsonl", "rank00001-of-00002.jsonl"]
+    parts = sorted(p.name.split("-", 1)[1] for p in (tmp_path / "two" / "parts").iterdir())
+    assert parts == ["rank00000-of-00002.jsonl", "rank00001-of-00002.jsonl"]
     assert hashes(tmp_path / "two") == hashes(one) and len(hashes(one)) == ROWS
     assert manifest(tmp_path / "two") == manifest(one)
     ranks = [json.loads(x)["rank"] for x in (tmp_path / "two" / "manifest.jsonl").read_text().splitlines()]
