@@ -12,11 +12,15 @@ from .config import Config, ConfigError, load_config
 
 EXIT_CODES = """\b
 Exit codes:
-  0  every row produced an image (or was already done)
-  1  unexpected internal error (a bug: please report it with the log)
-  2  usage error: bad flags, config, or an unusable table (nothing was generated)
-  3  the run finished, but some rows are invalid or failed (see the manifest's `error`)
-  4  model weights are missing or cannot be loaded (the message lists the files)"""
+  0    every row has its image (generated now or by an earlier run)
+  1    unexpected internal error (a bug: please report it with the log)
+  2    usage error: bad flags, config, or an unusable table (nothing was generated)
+  3    the run finished, but some rows are invalid or failed (see the manifest's `error`)
+  4    model weights are missing or cannot be loaded (the message lists the files)
+  5    another run holds the output folder (the message names its pid, host, start time)
+  6    the output folder cannot be written (disk full, quota, read-only): nothing half-written is kept
+  7    stopped: more rows failed than --max-failures allows
+  130  interrupted by SIGINT/SIGTERM after finishing the current batch; rerun to continue"""
 
 
 class ExitError(click.ClickException):
@@ -63,6 +67,7 @@ def _shard(ctx, param, value):
 @click.option("--negative-prompt", help='Default negative prompt (hosted API: "text, watermark").')
 @click.option("--allow-empty-prompt", is_flag=True, default=None, help="Accept rows with an empty prompt.")
 @click.option("--limit", type=click.IntRange(min=0), help="Only the first N rows of the table.")
+@click.option("--max-failures", type=click.IntRange(min=0), help="Stop once more than N rows have failed.")
 @click.option("--overwrite", is_flag=True, default=None, help="Redo every row, even those already done.")
 @click.option("--strict", is_flag=True, default=None, help="Refuse the whole table if any row is invalid.")
 @click.option("--tta/--no-tta", default=None, help="8-view test-time augmentation in the decoder (default on).")
@@ -71,8 +76,8 @@ def _shard(ctx, param, value):
 @click.option("--shard", callback=_shard, metavar="I/N", help="Run only shard I of N (for job arrays).")
 @click.option("--log-format", type=click.Choice(["text", "json"]), help="json: one object per line for cron.")
 def generate(input_path, out_dir, config_path, model, batch_size, seed, width, height, num_inference_steps,
-             guidance_scale, negative_prompt, allow_empty_prompt, limit, overwrite, strict, tta, device, dtype,
-             shard, log_format):  # fmt: skip
+             guidance_scale, negative_prompt, allow_empty_prompt, limit, max_failures, overwrite, strict, tta, device,
+             dtype, shard, log_format):  # fmt: skip
     """Generate one RGBA PNG per row of INPUT (.csv, .parquet or .jsonl) into OUT/images/.
 
     Table columns: prompt (required); optional id, seed, negative_prompt, guidance_scale,
@@ -97,7 +102,8 @@ def generate(input_path, out_dir, config_path, model, batch_size, seed, width, h
             guidance_scale=guidance_scale, negative_prompt=negative_prompt, allow_empty_prompt=allow_empty_prompt,
         )  # fmt: skip
         config = config.with_overrides(
-            "run", batch_size=batch_size, limit=limit, overwrite=overwrite, strict=strict, tta=tta,
+            "run", batch_size=batch_size, limit=limit, max_failures=max_failures, overwrite=overwrite, strict=strict,
+            tta=tta,
         )  # fmt: skip
         summary = _run_generate(config, input_path, out_dir, shard, log)
     except ExitError as exc:
@@ -112,17 +118,25 @@ def generate(input_path, out_dir, config_path, model, batch_size, seed, width, h
 
 
 def _run_generate(config: Config, input_path: Path, out_dir: Path, shard, log):
+    from . import run
+    from .lock import FolderLocked
     from .model.loading import ModelFilesMissing
     from .model.merge import WeightMergeError
-    from .run import EXIT_MODEL, EXIT_USAGE, generate
     from .table import TableError
+    from .writer import OutputError
 
+    codes = {
+        TableError: run.EXIT_USAGE,
+        ModelFilesMissing: run.EXIT_MODEL,
+        WeightMergeError: run.EXIT_MODEL,
+        FolderLocked: run.EXIT_LOCKED,
+        OutputError: run.EXIT_OUTPUT,
+        run.TooManyFailures: run.EXIT_TOO_MANY_FAILURES,
+    }
     try:
-        return generate(config, input_path, out_dir, shard=shard, log=log)
-    except TableError as exc:
-        raise ExitError(str(exc), EXIT_USAGE) from None
-    except (ModelFilesMissing, WeightMergeError) as exc:
-        raise ExitError(str(exc), EXIT_MODEL) from None
+        return run.generate(config, input_path, out_dir, shard=shard, log=log)
+    except tuple(codes) as exc:
+        raise ExitError(str(exc), next(code for kind, code in codes.items() if isinstance(exc, kind))) from None
 
 
 def _config(config_path, log_format=None) -> Config:

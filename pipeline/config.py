@@ -66,6 +66,7 @@ class RunConfig:
     decoder_sub_batch: int = 16
     png_compress_level: int = 6
     limit: int | None = None
+    max_failures: int | None = None  # stop the run once more rows than this have failed
     overwrite: bool = False
     strict: bool = False
     log_format: str = "text"  # text | json
@@ -143,6 +144,7 @@ def validate(config: Config, source: str) -> None:
         (_is_int(r.decoder_sub_batch) and r.decoder_sub_batch >= 1, "run.decoder_sub_batch must be >= 1"),
         (r.png_compress_level in range(10), f"run.png_compress_level must be 0-9, got {r.png_compress_level!r}"),
         (r.limit is None or (_is_int(r.limit) and r.limit >= 0), f"run.limit must be >= 0, got {r.limit!r}"),
+        (r.max_failures is None or (_is_int(r.max_failures) and r.max_failures >= 0), "run.max_failures must be >= 0"),
         (r.log_format in ("text", "json"), f"run.log_format must be text or json, got {r.log_format!r}"),
         (_is_int(d.seed) and 0 <= d.seed < 2**64, f"defaults.seed must be an integer in [0, 2^64), got {d.seed!r}"),
     ]

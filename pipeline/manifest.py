@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .records import MANIFEST_FIELDS, PARAM_COLUMNS, STATUS_INVALID, InvalidRow
+from .logs import utc_now
+from .records import MANIFEST_FIELDS, PARAM_COLUMNS, STATUS_INVALID, Batch, InvalidRow, Row
 from .writer import write_atomic
 
 PARTS = "parts"
@@ -40,6 +41,14 @@ def latest_records(out_dir: Path) -> dict[str, dict]:
         for record in read_part(path):
             latest[record["id"]] = record
     return latest
+
+
+def row_record(row: Row, batch: Batch, request: str, context: dict, **outcome) -> dict:
+    """A generated (or failed) row's record: passthrough columns, parameters, outcome, provenance."""
+    record = {**row.extra, **dict.fromkeys(MANIFEST_FIELDS)}
+    record.update(id=row.key, row=row.number, **row.params(), request_hash=request, batch_index=batch.index,
+                  batch_size=len(batch.rows), finished_at=utc_now(), **context, **outcome)  # fmt: skip
+    return record
 
 
 def invalid_record(row: InvalidRow) -> dict:

@@ -3,25 +3,42 @@ table -> rows -> batches -> (this process's share of what is not done) -> model 
 
 from __future__ import annotations
 
-import platform
-import socket
+import signal
+import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
 from .config import Config, as_dict
 from .determinism import plan_batches
+from .identity import environment, model_label, request_identity
+from .lock import FolderLock, FolderLocked
 from .logs import Log, utc_now
-from .manifest import PARTS, invalid_record, latest_records, merge, write_run_info
+from .manifest import (
+    MANIFEST_JSONL,
+    MANIFEST_PARQUET,
+    PARTS,
+    invalid_record,
+    latest_records,
+    merge,
+    row_record,
+    write_run_info,
+)
 from .records import STATUS_FAILED, STATUS_OK, Batch, Row
 from .resume import request_hash, rows_to_do
 from .sharding import Process, current_process, my_share
 from .table import Table, TableError, load_table
 from .writer import IMAGES, ManifestPart, encode_png, remove_stale_temporaries, write_image
 
-EXIT_OK, EXIT_ROWS, EXIT_USAGE, EXIT_MODEL = 0, 3, 2, 4
+EXIT_OK, EXIT_INTERNAL, EXIT_USAGE, EXIT_ROWS, EXIT_MODEL = 0, 1, 2, 3, 4
+EXIT_LOCKED, EXIT_OUTPUT, EXIT_TOO_MANY_FAILURES, EXIT_INTERRUPTED = 5, 6, 7, 130
+
+
+class TooManyFailures(RuntimeError):
+    """More rows failed than --max-failures allows: the run stops instead of failing everywhere."""
 
 
 @dataclass
@@ -31,6 +48,7 @@ class Summary:
     failed: int = 0
     invalid: int = 0
     seconds: float = 0.0
+    interrupted: bool = False
     manifest_written: bool = False
     unfinished_in_manifest: int = 0  # failed or invalid rows in the merged manifest
     launched: bool = False  # one of several processes of an accelerate/torchrun launch
@@ -41,11 +59,27 @@ class Summary:
 
     @property
     def exit_code(self) -> int:
+        if self.interrupted:
+            return EXIT_INTERRUPTED
         if self.launched and not self.manifest_written:
             # The launcher ends every sibling when one process exits non-zero; the process that
             # merges the manifest (the last to finish) reports for the whole run.
             return EXIT_OK
         return EXIT_ROWS if self.failed or self.invalid or self.unfinished_in_manifest else EXIT_OK
+
+
+@dataclass
+class Job:
+    """What one process does, decided before anything is written."""
+
+    config: Config
+    out_dir: Path
+    process: Process
+    log: Log
+    batches: list[Batch]  # this process's share
+    todo: set[str]  # keys of every row of the table that needs an image
+    identity: dict
+    summary: Summary = field(default_factory=Summary)
 
 
 def generate(config: Config, input_path: Path, out_dir: Path, shard=None, log: Log | None = None) -> Summary:
@@ -57,179 +91,186 @@ def generate(config: Config, input_path: Path, out_dir: Path, shard=None, log: L
     table = load_table(input_path, config.defaults, config.run.limit)
     if config.run.strict and table.invalid:
         raise TableError("\n".join(e for row in table.invalid for e in row.errors) + "\n--strict: nothing was run")
-    summary = Summary(invalid=len(table.invalid), launched=process.launched)
-    for row in table.invalid if process.is_main else ():
-        log.event("invalid_row", row.error, id=row.key, row=row.number)
-    # 2. plan batches on the whole table, then keep this process's share of what is not done
-    (out_dir / IMAGES).mkdir(parents=True, exist_ok=True)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    # 2. one run per folder; 3. plan; 4. render; 5. merge
+    with _folder_lock(out_dir, process, shard):
+        job = _plan(config, table, out_dir, process, log)
+        with ManifestPart(_part_path(out_dir, process)) as part, _stop_on_signals() as stop:
+            _prepare_folder(job, table, input_path, part, started_at)
+            if job.batches:
+                _render(job, part, stop)
+        _merge(job, table)
+    summary = job.summary
+    summary.seconds = time.perf_counter() - started
+    log.event("summary", ok=summary.ok, skipped=summary.skipped, failed=summary.failed, invalid=summary.invalid,
+              interrupted=summary.interrupted, seconds=round(summary.seconds, 2),
+              images_per_second=round(summary.images_per_second, 3), manifest=summary.manifest_written,
+              out=str(out_dir))  # fmt: skip
+    return summary
+
+
+@contextmanager
+def _folder_lock(out_dir: Path, process: Process, shard):
+    """The main process of a launch locks for all of its processes; shard jobs lock for themselves."""
+    lock, refusal = None, None
+    if process.is_main or not process.launched:
+        try:
+            lock = FolderLock(out_dir, shard)
+        except FolderLocked as exc:
+            refusal = str(exc)
+    refusal = process.share_from_main(refusal)
+    if refusal:
+        raise FolderLocked(refusal)
+    try:
+        yield
+    finally:
+        if lock:
+            lock.release()
+
+
+def _plan(config: Config, table: Table, out_dir: Path, process: Process, log: Log) -> Job:
+    """Batches on the whole table, then this process's share of those with rows not done."""
     identity = request_identity(config)
     batches = plan_batches(table.rows, config.run.batch_size)
     latest = latest_records(out_dir)
     todo = {r.key for r in table.rows} if config.run.overwrite else rows_to_do(out_dir, batches, latest, identity)
     mine = my_share(batches, process, pending=lambda b: any(r.key in todo for r in b.rows))
     process.wait_for_peers()  # every process has read the folder before any writes to it
-    summary.skipped = sum(1 for r in table.rows if r.key not in todo) if process.is_main else 0
-    log.event("plan", input=str(input_path), rows=table.total, invalid=len(table.invalid), to_do=len(todo),
-              batches=len(mine), rank=process.rank, world_size=process.world_size)  # fmt: skip
-    # 3. render and write
-    with ManifestPart(_part_path(out_dir, process)) as part:
-        if process.is_main:
-            remove_stale_temporaries(out_dir / IMAGES, older_than=started_at)
-            _write_run_info(out_dir, input_path, table, config)
-            for row in table.invalid:
-                if latest.get(row.key) != invalid_record(row):
-                    part.append(invalid_record(row))
-        if mine:
-            _render(config, mine, todo, out_dir, part, process, identity, log, summary)
-    # 4. the process that sees every row finished writes the merged manifest
-    records = merge(out_dir, table.keys)
-    if records is not None:
-        summary.manifest_written = True
-        summary.unfinished_in_manifest = sum(r["status"] != STATUS_OK for r in records)
-    summary.seconds = time.perf_counter() - started
-    log.event("summary", ok=summary.ok, skipped=summary.skipped, failed=summary.failed, invalid=summary.invalid,
-              seconds=round(summary.seconds, 2), images_per_second=round(summary.images_per_second, 3),
-              manifest=summary.manifest_written, out=str(out_dir))  # fmt: skip
-    return summary
+    summary = Summary(invalid=len(table.invalid), launched=process.launched)
+    summary.skipped = sum(r.key not in todo for r in table.rows) if process.is_main else 0
+    for row in table.invalid if process.is_main else ():
+        log.event("invalid_row", row.error, id=row.key, row=row.number)
+    log.event("plan", input=str(table.path), rows=table.total, invalid=len(table.invalid), to_do=len(todo),
+              batches=len(mine), world_size=process.world_size)  # fmt: skip
+    return Job(config, out_dir, process, log, mine, todo, identity, summary)
 
 
-def _render(config, batches, todo, out_dir, part, process, identity, log, summary) -> None:
-    from .model import generate_rgba, load_model, resolve_device
+def _prepare_folder(job: Job, table: Table, input_path: Path, part: ManifestPart, started_at: float) -> None:
+    out = job.out_dir
+    (out / IMAGES).mkdir(exist_ok=True)
+    if job.batches:  # the old manifest would describe files this run replaces: it is rewritten at the end
+        for name in (MANIFEST_JSONL, MANIFEST_PARQUET):
+            (out / name).unlink(missing_ok=True)
+    if not job.process.is_main:
+        return
+    remove_stale_temporaries(out / IMAGES, older_than=started_at)
+    info = {"input": str(Path(input_path).resolve()), "total_rows": table.total, "keys": table.keys,
+            "config": as_dict(job.config), "started_at": utc_now()}  # fmt: skip
+    write_run_info(out, info)
+    latest = latest_records(out)
+    for row in table.invalid:
+        if latest.get(row.key) != invalid_record(row):
+            part.append(invalid_record(row))
 
-    load_started = time.perf_counter()
-    model = load_model(config.model, resolve_device(config.model.device, process.local_rank))
-    log.event("model_loaded", seconds=round(time.perf_counter() - load_started, 2), device=str(model.device))
-    context = {"model": model.identity, "environment": environment(model, process, config), "rank": process.rank}
-    label = model_label(config)
-    pending: list[Future] = []
-    total = sum(1 for b in batches for r in b.rows if r.key in todo)
+
+def _render(job: Job, part: ManifestPart, stop: threading.Event) -> None:
+    from .model import load_model, resolve_device
+
+    config, log = job.config, job.log
+    started = time.perf_counter()
+    model = load_model(config.model, resolve_device(config.model.device, job.process.local_rank))
+    log.event("model_loaded", seconds=round(time.perf_counter() - started, 2), device=str(model.device))
+    context = {
+        "model": model.identity,
+        "environment": environment(model.device, model.dtype, config, job.process.world_size),
+        "rank": job.process.rank,
+    }
+    writes: list[Future] = []
+    total = sum(r.key in job.todo for b in job.batches for r in b.rows)
     with ThreadPoolExecutor(max_workers=1) as writer, log.progress(total) as advance:
-        for batch in batches:
+        for batch in job.batches:
+            if stop.is_set():
+                job.summary.interrupted = True
+                log.event("interrupted", "stopped after the last finished batch; rerun to continue")
+                break
             started = time.perf_counter()
-            try:
-                images = generate_rgba(model, batch.rows, config.run.tta, config.run.decoder_sub_batch)
-                error = None
-            except Exception as exc:  # one bad batch must not end the run; its rows are recorded as failed
-                images, error = None, f"{type(exc).__name__}: {exc}"
+            outcomes = _generate_batch(model, batch, config, log)
             share = (time.perf_counter() - started) / len(batch.rows)
-            for future in pending:  # PNG encoding overlaps the next batch; at most one batch in flight
+            for future in writes:  # PNG encoding overlaps the next batch; at most one batch in flight
                 future.result()
-            pending = []
-            for i, row in enumerate(batch.rows):
-                if row.key not in todo:
+            writes = []
+            for row, outcome in zip(batch.rows, outcomes, strict=True):
+                if row.key not in job.todo:
                     continue
-                if error:
-                    part.append(_failed(row, batch, error, context, identity))
-                    summary.failed += 1
-                    log.event("row_failed", error, id=row.key, row=row.number)
-                    advance()
-                    continue
-                job = (out_dir, row, batch, images[i], share, label, context, identity, config.run.png_compress_level)
-                pending.append(writer.submit(_write_row, part, *job))
-                pending[-1].add_done_callback(lambda _f: advance())
-                summary.ok += 1
+                if isinstance(outcome, str):
+                    _record_failure(job, part, row, batch, outcome, context)
+                else:
+                    writes.append(writer.submit(_write_row, job, part, row, batch, outcome, share, context))
+                    writes[-1].add_done_callback(lambda _f: advance())
+                    job.summary.ok += 1
             log.event("batch_done", batch=batch.index, rows=len(batch.rows), seconds=round(share * len(batch.rows), 3))
-        for future in pending:
+        for future in writes:
             future.result()
 
 
-def _write_row(part, out_dir, row: Row, batch: Batch, rgba, share, label, context, identity, level) -> None:
+def _generate_batch(model, batch: Batch, config: Config, log: Log) -> list:
+    """One image (uint8 RGBA) or one error message per row; a failed batch is retried row by row once."""
+    from .model import free_memory, generate_rgba
+
+    def attempt(rows) -> list:
+        try:
+            return list(generate_rgba(model, rows, config.run.tta, config.run.decoder_sub_batch))
+        except Exception as exc:  # e.g. out of memory: one bad batch must not end the run
+            free_memory(model)
+            return [f"{type(exc).__name__}: {exc}"] * len(rows)
+
+    outcomes = attempt(batch.rows)
+    if len(batch.rows) > 1 and isinstance(outcomes[0], str):
+        log.event("batch_retry", outcomes[0], batch=batch.index, rows=len(batch.rows))
+        outcomes = [attempt([row])[0] for row in batch.rows]
+    return outcomes
+
+
+def _record_failure(job: Job, part: ManifestPart, row: Row, batch: Batch, error: str, context: dict) -> None:
+    part.append(row_record(row, batch, request_hash(row, job.identity), context, status=STATUS_FAILED, error=error))
+    job.summary.failed += 1
+    job.log.event("row_failed", error, id=row.key, row=row.number)
+    limit = job.config.run.max_failures
+    if limit is not None and job.summary.failed > limit:
+        raise TooManyFailures(f"{job.summary.failed} rows failed (--max-failures {limit}); last error: {error}")
+
+
+def _write_row(job: Job, part: ManifestPart, row: Row, batch: Batch, rgba, share: float, context: dict) -> None:
     started = time.perf_counter()
-    png = encode_png(rgba, row, label, level)
-    written = write_image(out_dir, row, png)
-    record = _base_record(row, batch, context, identity)
-    record.update(written, status=STATUS_OK, generation_seconds=round(share, 4))
+    png = encode_png(rgba, row, model_label(job.config), job.config.run.png_compress_level)
+    written = write_image(job.out_dir, row, png)
+    record = row_record(row, batch, request_hash(row, job.identity), context, status=STATUS_OK,
+                        generation_seconds=round(share, 4), **written)  # fmt: skip
     record["write_seconds"] = round(time.perf_counter() - started, 4)
     part.append(record)
 
 
-def _failed(row: Row, batch: Batch, error: str, context: dict, identity: dict) -> dict:
-    record = _base_record(row, batch, context, identity)
-    record.update(status=STATUS_FAILED, error=error)
-    return record
+def _merge(job: Job, table: Table) -> None:
+    """The process that sees every row finished writes the merged manifest."""
+    if job.summary.interrupted:
+        return
+    records = merge(job.out_dir, table.keys)
+    if records is not None:
+        job.summary.manifest_written = True
+        job.summary.unfinished_in_manifest = sum(r["status"] != STATUS_OK for r in records)
 
 
-def _base_record(row: Row, batch: Batch, context: dict, identity: dict) -> dict:
-    return {
-        **row.extra,
-        "id": row.key,
-        "row": row.number,
-        "status": None,
-        "error": None,
-        **row.params(),
-        "has_nsfw_concepts": None,
-        "image": None,
-        "sha256": None,
-        "request_hash": request_hash(row, identity),
-        "batch_index": batch.index,
-        "batch_size": len(batch.rows),
-        "generation_seconds": None,
-        "write_seconds": None,
-        "finished_at": utc_now(),
-        **context,
-    }
+@contextmanager
+def _stop_on_signals():
+    """SIGINT/SIGTERM ask for a stop after the current batch; a second SIGINT interrupts at once."""
+    stop = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield stop
+        return
 
+    def request_stop(signum, _frame):
+        if stop.is_set() and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        stop.set()
 
-def request_identity(config: Config) -> dict:
-    """The settings besides a row's own that decide its pixels (see resume.request_hash)."""
-    m = config.model
-    return {
-        "base": m.base,
-        "variant": m.variant,
-        "vae": m.vae,
-        "layerdiffuse": m.layerdiffuse,
-        "unet_weights": m.unet_weights_file,
-        "decoder_weights": m.decoder_weights,
-        "injection": m.injection,
-        "strength": m.strength,
-        "scheduler": m.scheduler,
-        "dtype": m.dtype,
-        "tta": config.run.tta,
-        "batch_size": config.run.batch_size,
-    }
-
-
-def model_label(config: Config) -> str:
-    base = config.model.base.rstrip("/").split("/")[-1]
-    return f"{base} + LayerDiffuse {config.model.injection}"
-
-
-def environment(model, process: Process, config: Config) -> dict:
-    import accelerate
-    import diffusers
-    import torch
-    import transformers
-
-    device = model.device
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
-    return {
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "diffusers": diffusers.__version__,
-        "transformers": transformers.__version__,
-        "accelerate": accelerate.__version__,
-        "device": str(device),
-        "device_name": name,
-        "dtype": str(model.dtype).removeprefix("torch."),
-        "batch_size": config.run.batch_size,
-        "tta": config.run.tta,
-        "cpu_threads": torch.get_num_threads(),  # CPU results depend on it (reduction order)
-        "host": socket.gethostname(),
-        "world_size": process.world_size,
-    }
+    previous = {s: signal.signal(s, request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield stop
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def _part_path(out_dir: Path, process: Process) -> Path:
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
     return out_dir / PARTS / f"{stamp}-rank{process.rank:05d}-of-{process.world_size:05d}.jsonl"
-
-
-def _write_run_info(out_dir: Path, input_path: Path, table: Table, config: Config) -> None:
-    info = {
-        "input": str(Path(input_path).resolve()),
-        "total_rows": table.total,
-        "keys": table.keys,
-        "config": as_dict(config),
-        "started_at": utc_now(),
-    }
-    write_run_info(out_dir, info)

@@ -29,6 +29,14 @@ class Process:
     def is_main(self) -> bool:
         return self.rank == 0
 
+    def share_from_main(self, value):
+        """The main process's `value`, on every process of a launch (a start-up broadcast)."""
+        if not self.launched:
+            return value
+        from accelerate.utils import broadcast_object_list
+
+        return broadcast_object_list([value], from_process=0)[0]
+
     def wait_for_peers(self) -> None:
         if self.launched:
             from accelerate import PartialState

@@ -17,6 +17,10 @@ from .records import Row
 IMAGES = "images"
 
 
+class OutputError(OSError):
+    """The output folder cannot take a file (disk full, quota, read-only, ...)."""
+
+
 def encode_png(rgba, row: Row, model_name: str, compress_level: int) -> bytes:
     """RGBA PNG bytes; deterministic for the same pixels, row and model (no timestamps inside)."""
     info = PngImagePlugin.PngInfo()
@@ -40,13 +44,23 @@ def a1111_parameters(row: Row, model_name: str) -> str:
 
 def write_atomic(path: Path, data: bytes) -> None:
     """Temporary file in the same folder, fsync, rename: readers see the old file or the new, never half."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    written = 0
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise OutputError(exc.errno, f"cannot create a file in {path.parent}: {exc.strerror}") from exc
     try:
         with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
+            view = memoryview(data)
+            while written < len(data):
+                written += handle.write(view[written:])
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
+    except OSError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        message = f"cannot write {path}: {exc.strerror or exc} ({written} of {len(data)} bytes written)"
+        raise OutputError(exc.errno, message) from exc
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -97,9 +111,12 @@ class ManifestPart:
     def append(self, record: dict) -> None:
         line = json.dumps(record, ensure_ascii=False, default=str) + "\n"
         with self._lock:
-            self._handle.write(line)
-            self._handle.flush()
-            os.fsync(self._handle.fileno())
+            try:
+                self._handle.write(line)
+                self._handle.flush()
+                os.fsync(self._handle.fileno())
+            except OSError as exc:  # a cut-off line is ignored by readers; its row is redone next run
+                raise OutputError(exc.errno, f"cannot append to {self.path}: {exc.strerror or exc}") from exc
 
     def close(self) -> None:
         self._handle.close()

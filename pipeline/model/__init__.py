@@ -6,7 +6,7 @@ import os
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 from .decoder import TransparentVAEDecoder, checkerboard, to_preview_uint8, to_rgba_uint8
-from .generation import generate_rgba
+from .generation import free_memory, generate_rgba
 from .loading import LayerDiffuseModel, ModelFilesMissing, load_decoder, load_model, resolve_device
 from .merge import WeightMergeError, merge_layerdiffuse_weights
 from .tiny import build_tiny_model
@@ -18,6 +18,7 @@ __all__ = [
     "WeightMergeError",
     "build_tiny_model",
     "checkerboard",
+    "free_memory",
     "generate_rgba",
     "load_decoder",
     "load_model",

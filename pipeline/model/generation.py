@@ -62,3 +62,9 @@ def initial_latents(model: LayerDiffuseModel, width: int, height: int, generator
     shape = (model.pipe.unet.config.in_channels, height // 8, width // 8)
     noise = [torch.randn(shape, generator=g, dtype=torch.float32) for g in generators]
     return torch.stack(noise).to(device=model.device, dtype=model.pipe.unet.dtype)
+
+
+def free_memory(model: LayerDiffuseModel) -> None:
+    """After a failed batch (often out of memory), give cached GPU memory back before retrying."""
+    if model.device.type == "cuda":
+        torch.cuda.empty_cache()
