@@ -125,11 +125,13 @@ def validate_rows(path: Path, records: list[dict], defaults: Defaults) -> tuple[
     rows, invalid, seen = [], [], {}
     for number, record in enumerate(records, 1):
         key, errors = _row_key(record, number)
-        folded = key.casefold()
-        if folded in seen:
-            errors.append(f"column 'id': value {key!r} is also used by row {seen[folded]}; ids must be unique "
-                          "(compared ignoring case, as some file systems do)")  # fmt: skip
-        seen.setdefault(folded, number)
+        if key.casefold() in seen:
+            errors.append(f"column 'id': value {key!r} is also used by row {seen[key.casefold()]}; ids must be "
+                          "unique (compared ignoring case, as some file systems do)")  # fmt: skip
+            key = f"row-{number:06d}"  # the duplicate is invalid; its record needs a key of its own
+            while key.casefold() in seen:
+                key += "_"
+        seen[key.casefold()] = number
         values, cell_errors = _parse_cells(record, defaults)
         errors += cell_errors
         if errors:

@@ -84,6 +84,7 @@ def test_duplicate_ids_ignoring_case(tmp_path):
     table = load_table(write(tmp_path / "t.csv", "id,prompt\nCat,a\ndog,b\ncat,c\n"), DEFAULTS)
     assert [r.key for r in table.rows] == ["Cat", "dog"]
     assert "also used by row 1" in table.invalid[0].error
+    assert table.invalid[0].key == "row-000003"  # its own key, so its record does not replace row 1's
 
 
 def test_wrong_types_in_parquet(tmp_path):
