@@ -23,6 +23,15 @@ Exit codes:
   130  interrupted by SIGINT/SIGTERM after finishing the current batch; rerun to continue"""
 
 
+# Which config section each `generate` flag overrides.
+FLAG_SECTIONS = {
+    "model": ("base", "device", "dtype"),
+    "defaults": ("seed", "width", "height", "num_inference_steps", "guidance_scale", "negative_prompt",
+                 "allow_empty_prompt"),
+    "run": ("batch_size", "limit", "max_failures", "overwrite", "strict", "safety_checker", "tta"),
+}  # fmt: skip
+
+
 class ExitError(click.ClickException):
     """An error with its own exit code, printed without a traceback."""
 
@@ -70,14 +79,14 @@ def _shard(ctx, param, value):
 @click.option("--max-failures", type=click.IntRange(min=0), help="Stop once more than N rows have failed.")
 @click.option("--overwrite", is_flag=True, default=None, help="Redo every row, even those already done.")
 @click.option("--strict", is_flag=True, default=None, help="Refuse the whole table if any row is invalid.")
+@click.option("--safety-checker/--no-safety-checker", default=None,
+              help="Run the safety checker on rows that ask for it (default on, as in the hosted API).")  # fmt: skip
 @click.option("--tta/--no-tta", default=None, help="8-view test-time augmentation in the decoder (default on).")
 @click.option("--device", help="cpu, cuda, cuda:1 ... (default: auto).")
 @click.option("--dtype", type=click.Choice(["auto", "float32", "float16", "bfloat16"]), help="Model dtype.")
 @click.option("--shard", callback=_shard, metavar="I/N", help="Run only shard I of N (for job arrays).")
 @click.option("--log-format", type=click.Choice(["text", "json"]), help="json: one object per line for cron.")
-def generate(input_path, out_dir, config_path, model, batch_size, seed, width, height, num_inference_steps,
-             guidance_scale, negative_prompt, allow_empty_prompt, limit, max_failures, overwrite, strict, tta, device,
-             dtype, shard, log_format):  # fmt: skip
+def generate(input_path, out_dir, config_path, shard, log_format, **flags):
     """Generate one RGBA PNG per row of INPUT (.csv, .parquet or .jsonl) into OUT/images/.
 
     Table columns: prompt (required); optional id, seed, negative_prompt, guidance_scale,
@@ -89,22 +98,17 @@ def generate(input_path, out_dir, config_path, model, batch_size, seed, width, h
     Examples:
       layerdiffuse generate data/prompts.csv --config configs/tiny.yaml --out outputs/demo
       layerdiffuse generate prompts.parquet --out out/ --batch-size 4 --log-format json
-      accelerate launch --num_processes 8 -m pipeline generate prompts.parquet --out out/
+      accelerate launch --multi_gpu --num_processes 8 -m pipeline generate prompts.parquet --out out/
     """
     from .logs import Log
 
-    config = _config(config_path, log_format)
-    log = Log(config.run.log_format, rank=shard[0] if shard else 0)
+    log = Log(log_format or "text", rank=shard[0] if shard else 0)
     try:
-        config = config.with_overrides("model", base=model, device=device, dtype=dtype)
-        config = config.with_overrides(
-            "defaults", seed=seed, width=width, height=height, num_inference_steps=num_inference_steps,
-            guidance_scale=guidance_scale, negative_prompt=negative_prompt, allow_empty_prompt=allow_empty_prompt,
-        )  # fmt: skip
-        config = config.with_overrides(
-            "run", batch_size=batch_size, limit=limit, max_failures=max_failures, overwrite=overwrite, strict=strict,
-            tta=tta,
-        )  # fmt: skip
+        config = _config(config_path, log_format)
+        log.fmt = config.run.log_format
+        flags["base"] = flags.pop("model")
+        for section, names in FLAG_SECTIONS.items():
+            config = config.with_overrides(section, **{name: flags[name] for name in names})
         summary = _run_generate(config, input_path, out_dir, shard, log)
     except ExitError as exc:
         log.event("error", exc.message, exit_code=exc.exit_code)

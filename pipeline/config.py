@@ -36,6 +36,7 @@ class ModelConfig:
     scheduler: str = "euler"
     dtype: str = "auto"  # auto: float32 on CPU, float16 on GPU
     device: str = "auto"  # auto: cuda:<local rank> when available, else cpu
+    safety_checker: str = "CompVis/stable-diffusion-safety-checker"  # hub id or local folder
     build_tiny_if_missing: bool = False  # build the embedded tiny model at `base`'s parent if absent
 
     @property
@@ -69,6 +70,7 @@ class RunConfig:
     max_failures: int | None = None  # stop the run once more rows than this have failed
     overwrite: bool = False
     strict: bool = False
+    safety_checker: bool = True  # False: never check, whatever the rows say
     log_format: str = "text"  # text | json
 
 
@@ -126,7 +128,7 @@ def _section(cls, values: dict, where: str):
 def _resolve_paths(model: ModelConfig, folder: Path) -> ModelConfig:
     """`./x` and `../x` in a config file mean paths next to that file; anything else is kept."""
     changes = {}
-    for name in ("base", "base_config", "vae", "layerdiffuse", "unet_weights"):
+    for name in ("base", "base_config", "vae", "layerdiffuse", "unet_weights", "safety_checker"):
         value = getattr(model, name)
         if isinstance(value, str) and value.startswith(("./", "../")):
             changes[name] = str((folder / value).resolve())

@@ -21,6 +21,7 @@ def request_identity(config: Config) -> dict:
         "injection": m.injection,
         "strength": m.strength,
         "scheduler": m.scheduler,
+        "safety_checker": m.safety_checker,
         "dtype": m.dtype,
         "tta": config.run.tta,
         "batch_size": config.run.batch_size,

@@ -44,6 +44,7 @@ class TooManyFailures(RuntimeError):
 @dataclass
 class Summary:
     ok: int = 0
+    flagged: int = 0  # written as fully transparent placeholders by the safety checker
     skipped: int = 0
     failed: int = 0
     invalid: int = 0
@@ -56,6 +57,12 @@ class Summary:
     @property
     def images_per_second(self) -> float:
         return self.ok / self.seconds if self.seconds > 0 else 0.0
+
+    def counts(self) -> dict:
+        """The fields of the `summary` log event."""
+        names = ("ok", "flagged", "skipped", "failed", "invalid", "interrupted")
+        return {**{n: getattr(self, n) for n in names}, "seconds": round(self.seconds, 2),
+                "images_per_second": round(self.images_per_second, 3), "manifest": self.manifest_written}  # fmt: skip
 
     @property
     def exit_code(self) -> int:
@@ -89,6 +96,8 @@ def generate(config: Config, input_path: Path, out_dir: Path, shard=None, log: L
     log.rank = process.rank
     # 1. read and validate the table; no model is loaded for a table that is refused
     table = load_table(input_path, config.defaults, config.run.limit)
+    if not config.run.safety_checker:
+        table = table.without_safety_checker()
     if config.run.strict and table.invalid:
         raise TableError("\n".join(e for row in table.invalid for e in row.errors) + "\n--strict: nothing was run")
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -102,10 +111,7 @@ def generate(config: Config, input_path: Path, out_dir: Path, shard=None, log: L
         _merge(job, table)
     summary = job.summary
     summary.seconds = time.perf_counter() - started
-    log.event("summary", ok=summary.ok, skipped=summary.skipped, failed=summary.failed, invalid=summary.invalid,
-              interrupted=summary.interrupted, seconds=round(summary.seconds, 2),
-              images_per_second=round(summary.images_per_second, 3), manifest=summary.manifest_written,
-              out=str(out_dir))  # fmt: skip
+    log.event("summary", **summary.counts(), out=str(out_dir))
     return summary
 
 
@@ -168,7 +174,9 @@ def _render(job: Job, part: ManifestPart, stop: threading.Event) -> None:
 
     config, log = job.config, job.log
     started = time.perf_counter()
-    model = load_model(config.model, resolve_device(config.model.device, job.process.local_rank))
+    needs_checker = any(r.enable_safety_checker for b in job.batches for r in b.rows if r.key in job.todo)
+    device = resolve_device(config.model.device, job.process.local_rank)
+    model = load_model(config.model, device, safety_checker=needs_checker)
     log.event("model_loaded", seconds=round(time.perf_counter() - started, 2), device=str(model.device))
     context = {
         "model": model.identity,
@@ -198,18 +206,21 @@ def _render(job: Job, part: ManifestPart, stop: threading.Event) -> None:
                     writes.append(writer.submit(_write_row, job, part, row, batch, outcome, share, context))
                     writes[-1].add_done_callback(lambda _f: advance())
                     job.summary.ok += 1
+                    job.summary.flagged += outcome[1] is True
             log.event("batch_done", batch=batch.index, rows=len(batch.rows), seconds=round(share * len(batch.rows), 3))
         for future in writes:
             future.result()
 
 
 def _generate_batch(model, batch: Batch, config: Config, log: Log) -> list:
-    """One image (uint8 RGBA) or one error message per row; a failed batch is retried row by row once."""
-    from .model import free_memory, generate_rgba
+    """Per row, (uint8 RGBA, safety flag) or an error message; a failed batch is retried row by row once."""
+    from .model import free_memory, generate_rgba, screen
 
     def attempt(rows) -> list:
         try:
-            return list(generate_rgba(model, rows, config.run.tta, config.run.decoder_sub_batch))
+            images = generate_rgba(model, rows, config.run.tta, config.run.decoder_sub_batch)
+            images, flags = screen(model.safety_checker, rows, images)
+            return list(zip(images, flags, strict=True))
         except Exception as exc:  # e.g. out of memory: one bad batch must not end the run
             free_memory(model)
             return [f"{type(exc).__name__}: {exc}"] * len(rows)
@@ -230,12 +241,13 @@ def _record_failure(job: Job, part: ManifestPart, row: Row, batch: Batch, error:
         raise TooManyFailures(f"{job.summary.failed} rows failed (--max-failures {limit}); last error: {error}")
 
 
-def _write_row(job: Job, part: ManifestPart, row: Row, batch: Batch, rgba, share: float, context: dict) -> None:
+def _write_row(job: Job, part: ManifestPart, row: Row, batch: Batch, outcome, share: float, context: dict) -> None:
     started = time.perf_counter()
+    rgba, flagged = outcome
     png = encode_png(rgba, row, model_label(job.config), job.config.run.png_compress_level)
     written = write_image(job.out_dir, row, png)
     record = row_record(row, batch, request_hash(row, job.identity), context, status=STATUS_OK,
-                        generation_seconds=round(share, 4), **written)  # fmt: skip
+                        has_nsfw_concepts=flagged, generation_seconds=round(share, 4), **written)  # fmt: skip
     record["write_seconds"] = round(time.perf_counter() - started, 4)
     part.append(record)
 

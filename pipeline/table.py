@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +42,11 @@ class Table:
     @property
     def total(self) -> int:
         return len(self.rows) + len(self.invalid)
+
+    def without_safety_checker(self) -> Table:
+        """The run turned the checker off: no row asks for it, whatever its column says."""
+        rows = tuple(replace(r, enable_safety_checker=False) for r in self.rows)
+        return replace(self, rows=rows)
 
     @property
     def keys(self) -> list[str]:

@@ -41,6 +41,7 @@ def tiny_config(tiny_model_dir):
         model=ModelConfig(
             base=str(tiny_model_dir / "sdxl"),
             layerdiffuse=str(tiny_model_dir / "layerdiffusion-v1"),
+            safety_checker=str(tiny_model_dir / "safety-checker"),
             dtype="float32",
             device="cpu",
         ),

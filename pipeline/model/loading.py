@@ -11,6 +11,7 @@ import torch
 from ..config import ModelConfig
 from .decoder import TransparentVAEDecoder
 from .merge import load_safetensors, merge_layerdiffuse_weights
+from .safety import CHECKER_FILES, SafetyChecker, load_safety_checker
 from .tiny import build_tiny_model
 
 SCHEDULERS = {
@@ -36,6 +37,7 @@ class LayerDiffuseModel:
     device: torch.device
     dtype: torch.dtype
     identity: dict = field(default_factory=dict)  # what produced the images, for the manifest
+    safety_checker: SafetyChecker | None = None  # loaded only when some row asks for it
 
 
 @dataclass
@@ -44,6 +46,7 @@ class Sources:
     vae: str | None
     unet_weights: str
     decoder_weights: str
+    safety_checker: str | None = None
     missing: list[str] = field(default_factory=list)
 
 
@@ -70,16 +73,21 @@ def quiet_libraries() -> None:
     transformers.utils.logging.disable_progress_bar()
 
 
-def load_model(config: ModelConfig, device: torch.device | None = None) -> LayerDiffuseModel:
-    """Resolve every file first (one error listing all that are missing), then build the model."""
+def load_model(
+    config: ModelConfig, device: torch.device | None = None, safety_checker: bool = False
+) -> LayerDiffuseModel:
+    """Resolve every file first (one error listing all that are missing), then build the model.
+
+    `safety_checker`: also load the checker (some row asks for it).
+    """
     quiet_libraries()
     device = device or resolve_device(config.device)
     dtype = resolve_dtype(config.dtype, device)
     if config.build_tiny_if_missing:
         build_tiny_model(Path(config.base).parent)
-    sources = resolve_sources(config)
+    sources = resolve_sources(config, safety_checker)
     if sources.missing:
-        raise ModelFilesMissing(_missing_message(sources.missing))
+        raise ModelFilesMissing(_missing_message(sources.missing, checker_missing=_checker_missing(sources)))
     pipe = _load_sdxl(config, sources, dtype)
     merge_layerdiffuse_weights(pipe.unet, load_safetensors(sources.unet_weights), config.strength)
     decoder = load_decoder(sources.decoder_weights)
@@ -98,16 +106,26 @@ def load_model(config: ModelConfig, device: torch.device | None = None) -> Layer
         "dtype": str(dtype).removeprefix("torch."),
         "vae_dtype": str(pipe.vae.dtype).removeprefix("torch."),
     }
-    return LayerDiffuseModel(pipe=pipe, decoder=decoder, device=device, dtype=dtype, identity=identity)
+    checker = load_safety_checker(sources.safety_checker, device, dtype) if safety_checker else None
+    if checker:
+        identity["safety_checker"] = sources.safety_checker
+    return LayerDiffuseModel(pipe, decoder, device, dtype, identity, checker)
 
 
-def resolve_sources(config: ModelConfig) -> Sources:
+def resolve_sources(config: ModelConfig, safety_checker: bool = False) -> Sources:
     missing: list[str] = []
     base = _resolve_base(config.base, missing)
     vae = _resolve_base(config.vae, missing, what="VAE", needs=("config.json",)) if config.vae else None
     unet_weights = _resolve_file(config.layerdiffuse, config.unet_weights_file, missing)
     decoder_weights = _resolve_file(config.layerdiffuse, config.decoder_weights, missing)
-    return Sources(base, vae, unet_weights, decoder_weights, missing)
+    checker = None
+    if safety_checker:
+        checker = _resolve_base(config.safety_checker, missing, what="safety checker", needs=CHECKER_FILES)
+    return Sources(base, vae, unet_weights, decoder_weights, checker, missing)
+
+
+def _checker_missing(sources: Sources) -> bool:
+    return any(m.startswith("safety checker") for m in sources.missing)
 
 
 def _looks_local(spec: str) -> bool:
@@ -161,8 +179,15 @@ def _hub_file(repo_id: str, filename: str) -> str | None:
         return None
 
 
-def _missing_message(missing: list[str]) -> str:
+def _missing_message(missing: list[str], checker_missing: bool = False) -> str:
     lines = "\n".join(f"  - {m}" for m in missing)
+    checker = (
+        "  * for the safety checker: download CompVis/stable-diffusion-safety-checker (or set\n"
+        "    model.safety_checker to a local folder), or turn it off: --no-safety-checker\n"
+        "    (run.safety_checker: false), or enable_safety_checker=false in the rows\n"
+        if checker_missing
+        else ""
+    )
     return (
         f"model files are missing:\n{lines}\n"
         "Provide them in one of these ways:\n"
@@ -173,6 +198,7 @@ def _missing_message(missing: list[str]) -> str:
         "    and copy the Hugging Face cache (HF_HOME) here;\n"
         "  * or point the config at local copies: model.base (diffusers folder or .safetensors checkpoint),\n"
         "    model.layerdiffuse (folder with the LayerDiffuse files), model.vae;\n"
+        f"{checker}"
         "  * or try the pipeline with the embedded tiny model: --config configs/tiny.yaml"
     )
 

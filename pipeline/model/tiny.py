@@ -5,6 +5,7 @@ Layout (mirrors what users download):
     <root>/layerdiffusion-v1/layer_xl_transparent_attn.safetensors   Forge attention LoRA (SGM keys)
     <root>/layerdiffusion-v1/layer_xl_transparent_conv.safetensors   Forge conv offsets (SGM keys)
     <root>/layerdiffusion-v1/vae_transparent_decoder.safetensors     decoder, official key names, fp16
+    <root>/safety-checker/                     StableDiffusionSafetyChecker folder (flags nothing)
 Nothing here touches the network.
 """
 
@@ -21,6 +22,7 @@ from safetensors.torch import save_file
 
 from .decoder import TransparentVAEDecoder
 from .keys import sgm_key_map
+from .safety import build_tiny_safety_checker
 
 ATTN_FILE = "layer_xl_transparent_attn.safetensors"
 CONV_FILE = "layer_xl_transparent_conv.safetensors"
@@ -29,6 +31,7 @@ TEXT_WIDTH = 32
 DECODER_CHANNELS = (8, 8, 16, 24, 32, 48, 48)  # widens where the official one does: same 538 keys
 LORA_RANK = 4
 MARKER = "tiny_model.json"
+VERSION = 2  # bumped when the layout changes: older tiny models are rebuilt
 
 
 def build_tiny_model(root: str | os.PathLike, seed: int = 0) -> Path:
@@ -38,20 +41,27 @@ def build_tiny_model(root: str | os.PathLike, seed: int = 0) -> Path:
     processes of one launch) and interrupted builds never leave a half-written model behind.
     """
     root = Path(root)
-    if (root / MARKER).exists():
+    if _complete(root):
         return root
     staging = Path(tempfile.mkdtemp(prefix=f".{root.name}.", dir=_parent(root)))
     try:
         _write_tiny_model(staging, seed)
-        if root.exists() and not (root / MARKER).exists():
-            shutil.rmtree(root)  # leftovers of an older, incomplete layout
+        if root.exists() and not _complete(root):
+            shutil.rmtree(root)  # an incomplete or older layout
         os.replace(staging, root)
     except OSError:
-        if not (root / MARKER).exists():
+        if not _complete(root):
             raise  # not the harmless race where another process finished first
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return root
+
+
+def _complete(root: Path) -> bool:
+    try:
+        return json.loads((root / MARKER).read_text())["version"] == VERSION
+    except (OSError, ValueError, KeyError):
+        return False
 
 
 def _parent(root: Path) -> Path:
@@ -69,7 +79,9 @@ def _write_tiny_model(root: Path, seed: int) -> None:
     save_file(_attn_lora(pipe.unet, generator), weights / ATTN_FILE)
     save_file(_conv_offsets(pipe.unet, generator), weights / CONV_FILE)
     save_file({k: v.half() for k, v in _tiny_decoder(seed + 2).state_dict().items()}, weights / DECODER_FILE)
-    (root / MARKER).write_text(json.dumps({"seed": seed, "kind": "tiny-sdxl-layerdiffuse"}) + "\n")
+    build_tiny_safety_checker(root / "safety-checker", flag_everything=False, seed=seed + 3)
+    marker = {"seed": seed, "kind": "tiny-sdxl-layerdiffuse", "version": VERSION}
+    (root / MARKER).write_text(json.dumps(marker) + "\n")
 
 
 def _tiny_sdxl_pipeline():
