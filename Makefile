@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 # CPU torch by default; a GPU machine sets e.g. TORCH_SPEC="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128"
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: install demo test test-all test-gpu lint format bench bench-gpu clean
+.PHONY: install browser demo test test-gpu lint format bench bench-gpu clean
 
 $(STAMP): pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
@@ -21,7 +21,16 @@ install: $(STAMP)
 demo: install
 	$(BIN)/layerdiffuse generate data/prompts.csv --config configs/tiny.yaml --out outputs/demo
 
-test: install
+# The report tests drive a real headless Chromium (Debian's chromium + chromium-driver). Installed here
+# when missing and possible (root with apt); otherwise those tests skip and say why.
+browser:
+	@command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1 || \
+	{ [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+	  { apt-get install -y -q chromium chromium-driver >/dev/null 2>&1 || \
+	    { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q chromium chromium-driver >/dev/null 2>&1; }; } \
+	  || echo "note: chromium could not be installed; the browser tests will be skipped"; }
+
+test: install browser
 	$(BIN)/pytest
 
 test-gpu: install

@@ -86,7 +86,8 @@ def _shard(ctx, param, value):
 @click.option("--dtype", type=click.Choice(["auto", "float32", "float16", "bfloat16"]), help="Model dtype.")
 @click.option("--shard", callback=_shard, metavar="I/N", help="Run only shard I of N (for job arrays).")
 @click.option("--log-format", type=click.Choice(["text", "json"]), help="json: one object per line for cron.")
-def generate(input_path, out_dir, config_path, shard, log_format, **flags):
+@click.option("--report", "make_report", is_flag=True, help="Write DIR/report.html and contact_sheet.png at the end.")
+def generate(input_path, out_dir, config_path, shard, log_format, make_report, **flags):
     """Generate one RGBA PNG per row of INPUT (.csv, .parquet or .jsonl) into OUT/images/.
 
     Table columns: prompt (required); optional id, seed, negative_prompt, guidance_scale,
@@ -118,6 +119,11 @@ def generate(input_path, out_dir, config_path, shard, log_format, **flags):
         sys.exit(2)
     if summary.manifest_written:
         log.event("done", f"images in {out_dir / 'images'}, manifest in {out_dir / 'manifest.parquet'}")
+    if make_report and summary.manifest_written:
+        from .report import build_report
+
+        page, _ = build_report(out_dir)
+        log.event("report", f"open {page} in a browser")
     sys.exit(summary.exit_code)
 
 
@@ -233,6 +239,37 @@ def merge_command(out_dir):
         click.echo(f"{len(missing)} row(s) have no outcome yet ({shown}); run generate again to finish them", err=True)
         sys.exit(3)
     click.echo(f"wrote {out_dir / 'manifest.parquet'} and {out_dir / 'manifest.jsonl'}")
+
+
+def _background(ctx, param, value):
+    from .report import parse_background
+
+    try:
+        return parse_background(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+@cli.command("report")
+@click.argument("out_dir", metavar="DIR", type=click.Path(path_type=Path, exists=True, file_okay=False))
+@click.option("--background", default="checker", show_default=True, callback=_background,
+              help="Behind transparent pixels: checker, white, black or #rrggbb.")  # fmt: skip
+@click.option("--sheet-count", default=64, show_default=True, type=click.IntRange(min=1),
+              help="Images on the contact sheet (the first N with an image).")  # fmt: skip
+def report_command(out_dir, background, sheet_count):
+    """Write DIR/report.html (a gallery to open in a browser) and DIR/contact_sheet.png.
+
+    Built from the manifest alone, no model is loaded. Thumbnails are cached in DIR/thumbs/ and
+    rebuilt only when their image changes.
+
+    \b
+    Example:
+      layerdiffuse report outputs/demo --background checker
+    """
+    from .report import build_report
+
+    page, sheet = _read_folder(lambda d: build_report(d, background, sheet_count), out_dir)
+    click.echo(f"wrote {page} and {sheet}")
 
 
 @cli.command("build-tiny")
