@@ -44,5 +44,12 @@ format: install
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
+# Benchmarks: CPU ratios on the tiny model (writes tests/bench/RESULTS.md); GPU runs only where CUDA is.
+bench: install browser
+	$(BIN)/python -m tests.bench.cpu
+
+bench-gpu: install
+	$(BIN)/python -m tests.bench.gpu
+
 clean:
 	rm -rf $(VENV) models outputs/demo

@@ -37,6 +37,10 @@ class ModelConfig:
     dtype: str = "auto"  # auto: float32 on CPU, float16 on GPU
     device: str = "auto"  # auto: cuda:<local rank> when available, else cpu
     safety_checker: str = "CompVis/stable-diffusion-safety-checker"  # hub id or local folder
+    # Speed knobs (they do not change which rows count as done; compile/channels_last may move low bits):
+    compile: bool = False  # torch.compile the UNet, VAE decoder and transparent decoder (slow first batch)
+    channels_last: bool = False  # NHWC memory format for the convolutional models (faster on recent GPUs)
+    vae_tiling: bool = False  # decode the VAE in tiles: less memory at large sizes
     build_tiny_if_missing: bool = False  # build the embedded tiny model at `base`'s parent if absent
 
     @property
@@ -64,7 +68,7 @@ class RunConfig:
 
     batch_size: int = 1
     tta: bool = True
-    decoder_sub_batch: int = 16
+    decoder_sub_batch: int | None = None  # decoder images per call; None: 16 on GPU, 1 on CPU (measured)
     png_compress_level: int = 6
     limit: int | None = None
     max_failures: int | None = None  # stop the run once more rows than this have failed
@@ -143,7 +147,10 @@ def validate(config: Config, source: str) -> None:
         (m.scheduler in SCHEDULERS, f"model.scheduler must be one of {SCHEDULERS}, got {m.scheduler!r}"),
         (_is_number(m.strength), f"model.strength must be a number, got {m.strength!r}"),
         (_is_int(r.batch_size) and r.batch_size >= 1, f"run.batch_size must be >= 1, got {r.batch_size!r}"),
-        (_is_int(r.decoder_sub_batch) and r.decoder_sub_batch >= 1, "run.decoder_sub_batch must be >= 1"),
+        (
+            r.decoder_sub_batch is None or (_is_int(r.decoder_sub_batch) and r.decoder_sub_batch >= 1),
+            "run.decoder_sub_batch must be >= 1 (or null for the device's default)",
+        ),  # fmt: skip
         (r.png_compress_level in range(10), f"run.png_compress_level must be 0-9, got {r.png_compress_level!r}"),
         (r.limit is None or (_is_int(r.limit) and r.limit >= 0), f"run.limit must be >= 0, got {r.limit!r}"),
         (r.max_failures is None or (_is_int(r.max_failures) and r.max_failures >= 0), "run.max_failures must be >= 0"),

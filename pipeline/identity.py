@@ -40,6 +40,8 @@ def environment(device, dtype, config: Config, world_size: int) -> dict:
     import torch
     import transformers
 
+    from .model.generation import default_sub_batch
+
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
     return {
         "python": platform.python_version(),
@@ -52,6 +54,7 @@ def environment(device, dtype, config: Config, world_size: int) -> dict:
         "dtype": str(dtype).removeprefix("torch."),
         "batch_size": config.run.batch_size,
         "tta": config.run.tta,
+        "decoder_sub_batch": config.run.decoder_sub_batch or default_sub_batch(device),
         "cpu_threads": torch.get_num_threads(),  # CPU results depend on it (reduction order)
         "host": socket.gethostname(),
         "world_size": world_size,

@@ -6,7 +6,7 @@ from __future__ import annotations
 import signal
 import threading
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -185,7 +185,7 @@ def _render(job: Job, part: ManifestPart, stop: threading.Event) -> None:
     }
     writes: list[Future] = []
     total = sum(r.key in job.todo for b in job.batches for r in b.rows)
-    with ThreadPoolExecutor(max_workers=1) as writer, log.progress(total) as advance:
+    with _writer(model.device) as writer, log.progress(total) as advance:
         for batch in job.batches:
             if stop.is_set():
                 job.summary.interrupted = True
@@ -210,6 +210,22 @@ def _render(job: Job, part: ManifestPart, stop: threading.Event) -> None:
             log.event("batch_done", batch=batch.index, rows=len(batch.rows), seconds=round(share * len(batch.rows), 3))
         for future in writes:
             future.result()
+
+
+def _writer(device) -> Executor:
+    """PNG encoding overlaps generation on an accelerator. On a CPU it would compete with torch for the
+    same cores, which measured slower than writing in turn (tests/bench/RESULTS.md)."""
+    return ThreadPoolExecutor(max_workers=1) if device.type != "cpu" else InlineExecutor()
+
+
+class InlineExecutor(Executor):
+    def submit(self, fn, /, *args, **kwargs) -> Future:
+        future: Future = Future()
+        try:
+            future.set_result(fn(*args, **kwargs))
+        except BaseException as exc:
+            future.set_exception(exc)
+        return future
 
 
 def _generate_batch(model, batch: Batch, config: Config, log: Log) -> list:

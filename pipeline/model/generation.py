@@ -14,7 +14,7 @@ SHARED_FIELDS = ("width", "height", "num_inference_steps", "guidance_scale")
 
 
 def generate_rgba(
-    model: LayerDiffuseModel, rows: Sequence, tta: bool = True, decoder_sub_batch: int = 16
+    model: LayerDiffuseModel, rows: Sequence, tta: bool = True, decoder_sub_batch: int | None = None
 ) -> np.ndarray:
     """RGBA uint8 [B, H, W, 4] (straight alpha) for rows that share width, height, steps and guidance."""
     return to_rgba_uint8(generate_decoded(model, rows, tta, decoder_sub_batch))
@@ -22,13 +22,31 @@ def generate_rgba(
 
 @torch.inference_mode()
 def generate_decoded(
-    model: LayerDiffuseModel, rows: Sequence, tta: bool = True, decoder_sub_batch: int = 16
+    model: LayerDiffuseModel, rows: Sequence, tta: bool = True, decoder_sub_batch: int | None = None
 ) -> torch.Tensor:
     """The transparent decoder's output [B, 4, H, W] in [0, 1], channel 0 alpha.
+
+    `decoder_sub_batch`: images per decoder call (the 8 TTA views of each image count); None picks
+    by device (see `default_sub_batch`).
 
     A row needs `prompt`, `negative_prompt`, `seed` and the shared fields. Each row's initial noise
     comes from its own CPU generator, so its image does not depend on its batch-mates' seeds.
     """
+    latent = denoise(model, rows)
+    pixels01 = vae_decode(model, latent)
+    sub_batch = decoder_sub_batch or default_sub_batch(model.device)
+    return model.decoder.decode(pixels01, latent, augment=tta, sub_batch=sub_batch)
+
+
+def default_sub_batch(device: torch.device) -> int:
+    """Batched TTA views pay off on a GPU; on a CPU one view at a time measured faster (larger
+    batches of full-resolution activations fall out of cache; tests/bench/RESULTS.md)."""
+    return 16 if device.type == "cuda" else 1
+
+
+@torch.inference_mode()
+def denoise(model: LayerDiffuseModel, rows: Sequence) -> torch.Tensor:
+    """SDXL sampling in LayerDiffuse's latent space; returns the unscaled latent (what the VAE decodes)."""
     # 1. check inputs
     first = rows[0]
     for row in rows:
@@ -38,7 +56,7 @@ def generate_decoded(
     # 2. per-row seeded noise
     generators = [torch.Generator("cpu").manual_seed(row.seed) for row in rows]
     latents = initial_latents(model, first.width, first.height, generators)
-    # 3. denoise
+    # 3. denoise (classifier-free guidance runs as one batched UNet call per step)
     pipe = model.pipe
     sampled = pipe(
         prompt=[row.prompt for row in rows],
@@ -51,11 +69,15 @@ def generate_decoded(
         generator=generators,  # ancestral samplers draw their per-step noise per row too
         output_type="latent",
     ).images
-    # 4. normal VAE decode of the unscaled latent, then the transparent decoder on both
-    latent = sampled / pipe.vae.config.scaling_factor
-    pixels = pipe.vae.decode(latent.to(pipe.vae.dtype)).sample
-    pixels01 = (pixels.float() * 0.5 + 0.5).clip(0, 1)
-    return model.decoder.decode(pixels01, latent, augment=tta, sub_batch=decoder_sub_batch)
+    return sampled / pipe.vae.config.scaling_factor
+
+
+@torch.inference_mode()
+def vae_decode(model: LayerDiffuseModel, latent: torch.Tensor) -> torch.Tensor:
+    """The normal SDXL VAE decode mapped to [0, 1] and clipped: the transparent decoder's pixel input."""
+    vae = model.pipe.vae
+    pixels = vae.decode(latent.to(vae.dtype)).sample
+    return (pixels.float() * 0.5 + 0.5).clip(0, 1)
 
 
 def initial_latents(model: LayerDiffuseModel, width: int, height: int, generators) -> torch.Tensor:

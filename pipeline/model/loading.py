@@ -95,6 +95,7 @@ def load_model(
     pipe.vae.to(_vae_dtype(pipe.vae, dtype))
     decoder.to(device=device, dtype=dtype).eval()
     pipe.set_progress_bar_config(disable=True)
+    apply_speed_options(pipe, decoder, config)
     identity = {
         "base": config.base,
         "vae": config.vae,
@@ -223,6 +224,17 @@ def _load_sdxl(config: ModelConfig, sources: Sources, dtype: torch.dtype):
     class_name, options = SCHEDULERS[config.scheduler]
     pipe.scheduler = getattr(diffusers, class_name).from_config(pipe.scheduler.config, **options)
     return pipe
+
+
+def apply_speed_options(pipe, decoder: TransparentVAEDecoder, config: ModelConfig) -> None:
+    if config.channels_last:
+        for module in (pipe.unet, pipe.vae, decoder):
+            module.to(memory_format=torch.channels_last)
+    if config.vae_tiling:
+        pipe.vae.enable_tiling()
+    if config.compile:
+        for module in (pipe.unet, pipe.vae.decoder, decoder):
+            module.compile()
 
 
 def _vae_dtype(vae, dtype: torch.dtype) -> torch.dtype:
