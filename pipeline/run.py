@@ -86,11 +86,12 @@ class Job:
     batches: list[Batch]  # this process's share
     todo: set[str]  # keys of every row of the table that needs an image
     identity: dict
+    latest: dict[str, dict]  # every row's latest record when the run started
     summary: Summary = field(default_factory=Summary)
 
 
 def generate(config: Config, input_path: Path, out_dir: Path, shard=None, log: Log | None = None) -> Summary:
-    started, started_at = time.perf_counter(), time.time()
+    started = time.perf_counter()
     process = current_process(shard)
     log = log or Log(config.run.log_format)
     log.rank = process.rank
@@ -105,7 +106,7 @@ def generate(config: Config, input_path: Path, out_dir: Path, shard=None, log: L
     with _folder_lock(out_dir, process, shard):
         job = _plan(config, table, out_dir, process, log)
         with ManifestPart(_part_path(out_dir, process)) as part, _stop_on_signals() as stop:
-            _prepare_folder(job, table, input_path, part, started_at)
+            _prepare_folder(job, table, input_path, part)
             if job.batches:
                 _render(job, part, stop)
         _merge(job, table)
@@ -148,24 +149,23 @@ def _plan(config: Config, table: Table, out_dir: Path, process: Process, log: Lo
         log.event("invalid_row", row.error, id=row.key, row=row.number)
     log.event("plan", input=str(table.path), rows=table.total, invalid=len(table.invalid), to_do=len(todo),
               batches=len(mine), world_size=process.world_size)  # fmt: skip
-    return Job(config, out_dir, process, log, mine, todo, identity, summary)
+    return Job(config, out_dir, process, log, mine, todo, identity, latest, summary)
 
 
-def _prepare_folder(job: Job, table: Table, input_path: Path, part: ManifestPart, started_at: float) -> None:
+def _prepare_folder(job: Job, table: Table, input_path: Path, part: ManifestPart) -> None:
     out = job.out_dir
     (out / IMAGES).mkdir(exist_ok=True)
+    remove_stale_temporaries(out / IMAGES)
     if job.batches:  # the old manifest would describe files this run replaces: it is rewritten at the end
         for name in (MANIFEST_JSONL, MANIFEST_PARQUET):
             (out / name).unlink(missing_ok=True)
     if not job.process.is_main:
         return
-    remove_stale_temporaries(out / IMAGES, older_than=started_at)
     info = {"input": str(Path(input_path).resolve()), "total_rows": table.total, "keys": table.keys,
             "config": as_dict(job.config), "started_at": utc_now()}  # fmt: skip
     write_run_info(out, info)
-    latest = latest_records(out)
     for row in table.invalid:
-        if latest.get(row.key) != invalid_record(row):
+        if job.latest.get(row.key) != invalid_record(row):
             part.append(invalid_record(row))
 
 

@@ -6,8 +6,11 @@ import hashlib
 import io
 import json
 import os
+import re
+import socket
 import tempfile
 import threading
+import time
 from pathlib import Path
 
 from PIL import Image, PngImagePlugin
@@ -46,7 +49,7 @@ def write_atomic(path: Path, data: bytes) -> None:
     """Temporary file in the same folder, fsync, rename: readers see the old file or the new, never half."""
     written = 0
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{_owner_tag()}.", suffix=".tmp", dir=path.parent)
     except OSError as exc:
         raise OutputError(exc.errno, f"cannot create a file in {path.parent}: {exc.strerror}") from exc
     try:
@@ -66,17 +69,48 @@ def write_atomic(path: Path, data: bytes) -> None:
         raise
 
 
-def remove_stale_temporaries(folder: Path, older_than: float) -> int:
-    """Delete temporary files that a killed run left behind (files of running writers are newer)."""
+def remove_stale_temporaries(folder: Path, max_age_elsewhere: float = 3600) -> int:
+    """Delete temporary files that killed writers left behind.
+
+    Temporary names carry the writer's host and pid: on this host a file is stale when its process is
+    gone; a file from another host (shared folders) when it is older than `max_age_elsewhere` seconds.
+    """
     removed = 0
+    here = _owner_tag().split("@")[0]
     for path in folder.glob(".*.tmp"):
+        host, pid = _owner(path.name)
         try:
-            if path.stat().st_mtime < older_than:
+            if host == here:
+                stale = pid is not None and pid != os.getpid() and not _alive(pid)
+            else:
+                stale = time.time() - path.stat().st_mtime > max_age_elsewhere
+            if stale:
                 path.unlink()
                 removed += 1
         except FileNotFoundError:
             continue  # its writer renamed or removed it meanwhile
     return removed
+
+
+def _owner_tag() -> str:
+    """`<host>@<pid>` of this process, with the host's dots replaced (file names split on them)."""
+    return f"{socket.gethostname().replace('.', '_')}@{os.getpid()}"
+
+
+def _owner(name: str) -> tuple[str | None, int | None]:
+    """(host tag, pid) from `.<file>.<host>@<pid>.<random>.tmp`."""
+    match = re.search(r"\.([^.@]+)@(\d+)\.[^.]+\.tmp$", name)
+    return (match.group(1), int(match.group(2))) if match else (None, None)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # exists, owned by someone else
+    return True
 
 
 def write_image(out_dir: Path, row: Row, png: bytes) -> dict:

@@ -246,10 +246,18 @@ def test_temporary_files_of_a_killed_run_are_removed(tmp_path, tiny_config_file)
     (tmp_path / "t.csv").write_text("prompt\na\n")
     images = tmp_path / "out" / "images"
     images.mkdir(parents=True)
-    leftover = images / ".row-000001.png.abc123.tmp"
-    leftover.write_bytes(b"half a png")
     import os
+    import socket
+    import subprocess
 
-    os.utime(leftover, (1, 1))
+    dead = subprocess.Popen(["true"])
+    dead.wait()  # a pid that no longer runs
+    host = socket.gethostname().replace(".", "_")
+    leftover = images / f".row-000001.png.{host}@{dead.pid}.abc123.tmp"
+    leftover.write_bytes(b"half a png")
+    live = images / f".other.png.{host}@{os.getpid()}.def456.tmp"  # a writer still at work: kept
+    live.write_bytes(b"in flight")
+    far = images / ".far.png.otherhost@1.ghi789.tmp"
+    far.write_bytes(b"from another machine, recent: kept")
     assert run("generate", tmp_path / "t.csv", "--out", tmp_path / "out", config=tiny_config_file).exit_code == 0
-    assert sorted(p.name for p in images.iterdir()) == ["row-000001.png"]
+    assert sorted(p.name for p in images.iterdir()) == sorted([live.name, far.name, "row-000001.png"])

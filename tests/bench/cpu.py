@@ -329,7 +329,8 @@ writes PNGs, records and the manifest. "threaded" is the same run with the write
 What remains above 1.05 is the PNG encoding itself: torch keeps both cores busy, so on a CPU-only machine
 encoding cannot hide behind generation (a writer thread competes for the same cores and measured no better),
 and the run writes in turn there. Everything else (table, hashes, records, manifest) is the "other overhead"
-column. On a GPU the writer thread encodes while the GPU denoises the next batch.
+column (ratio - 1 - encode+write share; within about 2% it is measurement noise, negative values included).
+On a GPU the writer thread encodes while the GPU denoises the next batch.
 
 ## 2. Batch size (tiny model, 256x256, 4 steps, TTA on, 8 images)
 

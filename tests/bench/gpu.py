@@ -69,13 +69,13 @@ def run_batch(model, rows, device) -> dict:
 
 
 def configure(model, variant: str, dtype) -> None:
-    from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
+    from diffusers.models.attention_processor import Attention, AttnProcessor, AttnProcessor2_0
 
     pipe = model.pipe
-    classic = variant == "baseline"
-    processor = AttnProcessor() if classic else AttnProcessor2_0()
-    pipe.unet.set_attn_processor(processor)
-    model.decoder.set_attn_processor(AttnProcessor() if classic else AttnProcessor2_0())
+    processor = AttnProcessor() if variant == "baseline" else AttnProcessor2_0()  # classic vs SDPA
+    for module in (*pipe.unet.modules(), *pipe.vae.modules(), *model.decoder.modules()):
+        if isinstance(module, Attention):
+            module.set_processor(processor)
     fast_vae = variant in ("vae", "compile") and dtype == torch.bfloat16
     pipe.vae.to(dtype if fast_vae else torch.float32)
     layout = torch.channels_last if variant in ("channels_last", "vae", "compile") else torch.contiguous_format
