@@ -1,11 +1,9 @@
-"""The plain records that flow through the stages: a valid row, an invalid row, a finished image."""
+"""The plain records that flow through the stages: a valid row, an invalid row, a batch of rows."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any
-
-import numpy as np
 
 # Columns a table may carry that configure a row; every other column is passed through.
 PARAM_COLUMNS = (
@@ -64,16 +62,6 @@ class Batch:
 
     index: int
     rows: tuple[Row, ...]
-
-
-@dataclass
-class Rendered:
-    """A finished image on its way to the writer."""
-
-    row: Row
-    rgba: np.ndarray  # uint8 [H, W, 4], straight alpha
-    batch: Batch
-    seconds: float  # this row's share of its batch's generation time
 
 
 # Every manifest record has these fields; passthrough columns may not reuse the names.

@@ -33,7 +33,7 @@ from .sharding import Process, current_process, my_share
 from .table import Table, TableError, load_table
 from .writer import IMAGES, ManifestPart, encode_png, remove_stale_temporaries, write_image
 
-EXIT_OK, EXIT_INTERNAL, EXIT_USAGE, EXIT_ROWS, EXIT_MODEL = 0, 1, 2, 3, 4
+EXIT_OK, EXIT_USAGE, EXIT_ROWS, EXIT_MODEL = 0, 2, 3, 4  # 1 stays Python's code for an unexpected error
 EXIT_LOCKED, EXIT_OUTPUT, EXIT_TOO_MANY_FAILURES, EXIT_INTERRUPTED = 5, 6, 7, 130
 
 

@@ -84,12 +84,12 @@ def reference(tmp_path_factory, tiny_config_file):
     return table, folder / "ref", time.perf_counter() - started
 
 
-def test_sigkill_at_ten_moments_then_rerun_is_complete_and_byte_identical(reference, tiny_config_file, tmp_path):
+def test_sigkill_at_twelve_moments_then_rerun_is_complete_and_byte_identical(reference, tiny_config_file, tmp_path):
     table, ref, duration = reference
     out = tmp_path / "out"
-    for i in range(10):
+    for i in range(12):
         process = start(table, out, tiny_config_file)
-        time.sleep(duration * (0.5 + 0.05 * i))  # spread over model loading and rendering
+        time.sleep(duration * (0.45 + 0.05 * i))  # spread over model loading and rendering
         process.send_signal(signal.SIGKILL)
         process.wait()
         assert_consistent(out)

@@ -139,3 +139,12 @@ def test_batches_group_by_signature_in_first_appearance_order(tmp_path):
     batches = plan_batches(rows, 2)
     assert [[r.prompt for r in b.rows] for b in batches] == [["a", "c"], ["d"], ["b", "e"]]
     assert [b.index for b in batches] == [0, 1, 2]
+
+
+def test_shipped_example_tables_agree():
+    from tests.conftest import REPO
+
+    csv = load_table(REPO / "data" / "prompts.csv", DEFAULTS)
+    parquet = load_table(REPO / "data" / "prompts.parquet", DEFAULTS)
+    assert csv.rows == parquet.rows and not csv.invalid and 10 <= csv.total <= 20
+    assert [r.extra for r in csv.rows] == [r.extra for r in parquet.rows]
