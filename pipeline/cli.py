@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+import traceback
 from pathlib import Path
 
 import click
@@ -117,6 +118,10 @@ def generate(input_path, out_dir, config_path, shard, log_format, make_report, *
     except ConfigError as exc:
         log.event("error", str(exc), exit_code=2)
         sys.exit(2)
+    except Exception as exc:  # a bug: still one parseable line for cron, and the traceback for a report
+        log.event("error", f"internal error: {type(exc).__name__}: {exc}", exit_code=1)
+        traceback.print_exc()
+        sys.exit(1)
     if summary.manifest_written:
         log.event("done", f"images in {out_dir / 'images'}, manifest in {out_dir / 'manifest.parquet'}")
     if make_report and summary.manifest_written:
@@ -130,14 +135,14 @@ def generate(input_path, out_dir, config_path, shard, log_format, make_report, *
 def _run_generate(config: Config, input_path: Path, out_dir: Path, shard, log):
     from . import run
     from .lock import FolderLocked
-    from .model.loading import ModelFilesMissing
+    from .model.loading import ModelLoadError
     from .model.merge import WeightMergeError
     from .table import TableError
     from .writer import OutputError
 
     codes = {
         TableError: run.EXIT_USAGE,
-        ModelFilesMissing: run.EXIT_MODEL,
+        ModelLoadError: run.EXIT_MODEL,
         WeightMergeError: run.EXIT_MODEL,
         FolderLocked: run.EXIT_LOCKED,
         OutputError: run.EXIT_OUTPUT,

@@ -7,7 +7,7 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 from .decoder import TransparentVAEDecoder, checkerboard, to_preview_uint8, to_rgba_uint8
 from .generation import free_memory, generate_rgba
-from .loading import LayerDiffuseModel, ModelFilesMissing, load_decoder, load_model, resolve_device
+from .loading import LayerDiffuseModel, ModelFilesMissing, ModelLoadError, load_decoder, load_model, resolve_device
 from .merge import WeightMergeError, merge_layerdiffuse_weights
 from .safety import SafetyChecker, build_tiny_safety_checker, load_safety_checker, screen
 from .tiny import build_tiny_model
@@ -15,6 +15,7 @@ from .tiny import build_tiny_model
 __all__ = [
     "LayerDiffuseModel",
     "ModelFilesMissing",
+    "ModelLoadError",
     "SafetyChecker",
     "TransparentVAEDecoder",
     "WeightMergeError",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,7 +27,11 @@ SDXL_FOLDERS = ("model_index.json", "unet/", "vae/", "text_encoder/", "text_enco
                 "tokenizer_2/", "scheduler/")  # fmt: skip
 
 
-class ModelFilesMissing(RuntimeError):
+class ModelLoadError(RuntimeError):
+    """The model cannot be built: files missing, damaged, or not what they should be."""
+
+
+class ModelFilesMissing(ModelLoadError):
     """Weights that are neither on disk nor in the Hugging Face cache (and cannot be downloaded)."""
 
 
@@ -88,9 +93,12 @@ def load_model(
     sources = resolve_sources(config, safety_checker)
     if sources.missing:
         raise ModelFilesMissing(_missing_message(sources.missing, checker_missing=_checker_missing(sources)))
-    pipe = _load_sdxl(config, sources, dtype)
-    merge_layerdiffuse_weights(pipe.unet, load_safetensors(sources.unet_weights), config.strength)
-    decoder = load_decoder(sources.decoder_weights)
+    with _loading("the SDXL model", sources.base):
+        pipe = _load_sdxl(config, sources, dtype)
+    with _loading("the LayerDiffuse UNet weights", sources.unet_weights):
+        merge_layerdiffuse_weights(pipe.unet, load_safetensors(sources.unet_weights), config.strength)
+    with _loading("the transparent decoder", sources.decoder_weights):
+        decoder = load_decoder(sources.decoder_weights)
     pipe.to(device)
     pipe.vae.to(_vae_dtype(pipe.vae, dtype))
     decoder.to(device=device, dtype=dtype).eval()
@@ -107,10 +115,23 @@ def load_model(
         "dtype": str(dtype).removeprefix("torch."),
         "vae_dtype": str(pipe.vae.dtype).removeprefix("torch."),
     }
-    checker = load_safety_checker(sources.safety_checker, device, dtype) if safety_checker else None
-    if checker:
+    checker = None
+    if safety_checker:
+        with _loading("the safety checker", sources.safety_checker):
+            checker = load_safety_checker(sources.safety_checker, device, dtype)
         identity["safety_checker"] = sources.safety_checker
     return LayerDiffuseModel(pipe, decoder, device, dtype, identity, checker)
+
+
+@contextmanager
+def _loading(what: str, source: str):
+    """Damaged or mismatched weight files become one clear error naming the file."""
+    try:
+        yield
+    except ModelLoadError:
+        raise
+    except Exception as exc:  # safetensors, diffusers and transformers raise many kinds
+        raise ModelLoadError(f"cannot load {what} from {source}: {type(exc).__name__}: {exc}") from exc
 
 
 def resolve_sources(config: ModelConfig, safety_checker: bool = False) -> Sources:

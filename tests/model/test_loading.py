@@ -84,3 +84,17 @@ def test_partial_local_folder_names_the_missing_component(tmp_path, tiny_model_d
 def test_conv_injection_loads(tiny_config):
     model = load_model(replace(tiny_config.model, injection="conv"))
     assert model.identity["unet_weights"].endswith("layer_xl_transparent_conv.safetensors")
+
+
+def test_damaged_weight_file_is_a_model_error_naming_it(tmp_path, tiny_model_dir):
+    import shutil
+
+    from pipeline.model import ModelLoadError
+
+    weights = tmp_path / "layerdiffusion-v1"
+    shutil.copytree(tiny_model_dir / "layerdiffusion-v1", weights)
+    decoder = weights / DECODER_FILE
+    decoder.write_bytes(decoder.read_bytes()[:1000])  # cut short, as by an interrupted download
+    config = ModelConfig(base=str(tiny_model_dir / "sdxl"), layerdiffuse=str(weights))
+    with pytest.raises(ModelLoadError, match=f"cannot load the transparent decoder from {decoder}"):
+        load_model(config)
