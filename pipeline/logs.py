@@ -13,11 +13,16 @@ def utc_now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+# Events the progress bar already shows: not printed while it is on screen.
+SHOWN_BY_BAR = {"batch_done"}
+
+
 class Log:
     def __init__(self, fmt: str = "text", rank: int = 0, stream=None):
         self.fmt = fmt
         self.rank = rank
         self.stream = stream or sys.stderr
+        self._bar = None
 
     def event(self, name: str, message: str = "", **fields) -> None:
         if self.fmt == "json":
@@ -28,10 +33,12 @@ class Log:
         else:
             details = " ".join(f"{k}={_short(v)}" for k, v in fields.items())
             prefix = f"[rank {self.rank}] " if self.rank else ""
-            line = (
-                f"{time.strftime('%H:%M:%S')} {prefix}{name}: {message}{'  ' if message and details else ''}{details}"
-            )
-        print(line, file=self.stream, flush=True)
+            gap = "  " if message and details else ""
+            line = f"{time.strftime('%H:%M:%S')} {prefix}{name}: {message}{gap}{details}"
+        if self._bar is None:
+            print(line, file=self.stream, flush=True)
+        elif name not in SHOWN_BY_BAR:
+            self._bar.write(line, file=self.stream)  # above the bar, which is redrawn below
 
     @contextmanager
     def progress(self, total: int, desc: str = "images"):
@@ -43,7 +50,11 @@ class Log:
         from tqdm import tqdm
 
         with tqdm(total=total, desc=desc, unit="img", file=self.stream, dynamic_ncols=True) as bar:
-            yield bar.update
+            self._bar = bar
+            try:
+                yield bar.update
+            finally:
+                self._bar = None
 
 
 def _short(value) -> str:
