@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -165,12 +166,10 @@ def _row_key(record: dict, number: int) -> tuple[str, list[str]]:
     return value, []
 
 
-def _parse_cells(record: dict, d: Defaults) -> tuple[dict[str, Any], list[str]]:
-    parsers = {
-        "prompt": (
-            lambda v: _text(v, MAX_PROMPT_CHARS, d.allow_empty_prompt),
-            None if not d.allow_empty_prompt else "",
-        ),
+def _column_rules(d: Defaults) -> dict[str, tuple[Callable, Any]]:
+    """Per parameter column: the parser of a cell, and what an empty cell means (None: derived later)."""
+    return {
+        "prompt": (lambda v: _text(v, MAX_PROMPT_CHARS, d.allow_empty_prompt), "" if d.allow_empty_prompt else None),
         "negative_prompt": (lambda v: _text(v, MAX_PROMPT_CHARS, allow_empty=True), d.negative_prompt),
         "seed": (lambda v: _int(v, 0, MAX_SEED), None),
         "guidance_scale": (lambda v: _float(v, 0.0, MAX_GUIDANCE), d.guidance_scale),
@@ -179,16 +178,19 @@ def _parse_cells(record: dict, d: Defaults) -> tuple[dict[str, Any], list[str]]:
         "height": (_side, d.height),
         "enable_safety_checker": (_bool, d.enable_safety_checker),
     }
+
+
+def _parse_cells(record: dict, d: Defaults) -> tuple[dict[str, Any], list[str]]:
     values, errors = {}, []
-    for column, (parse, default) in parsers.items():
+    for column, (parse, default) in _column_rules(d).items():
         raw = record.get(column)
         try:
-            if _missing(raw):
-                if column == "prompt" and default is None:
-                    raise CellError("is empty; every row needs a prompt (or pass --allow-empty-prompt)")
-                values[column] = default
-            else:
+            if not _missing(raw):
                 values[column] = parse(raw)
+            elif column == "prompt" and default is None:
+                raise CellError("is empty; every row needs a prompt (or pass --allow-empty-prompt)")
+            else:
+                values[column] = default
         except CellError as exc:
             errors.append(f"column {column!r}: value {_show(raw)} {exc}")
     return values, errors
@@ -196,17 +198,11 @@ def _parse_cells(record: dict, d: Defaults) -> tuple[dict[str, Any], list[str]]:
 
 def check_defaults(d: Defaults, source: str) -> None:
     """Defaults obey the same rules as cells, so a bad default fails before any row runs."""
-    checks = {
-        "negative_prompt": (lambda v: _text(v, MAX_PROMPT_CHARS, allow_empty=True), d.negative_prompt),
-        "guidance_scale": (lambda v: _float(v, 0.0, MAX_GUIDANCE), d.guidance_scale),
-        "num_inference_steps": (lambda v: _int(v, 1, MAX_STEPS), d.num_inference_steps),
-        "width": (_side, d.width),
-        "height": (_side, d.height),
-        "enable_safety_checker": (_bool, d.enable_safety_checker),
-    }
     from .config import ConfigError
 
-    for name, (parse, value) in checks.items():
+    for name, (parse, value) in _column_rules(d).items():
+        if value is None or name == "prompt":
+            continue  # no default to check: seeds are derived, prompts come from the rows
         try:
             parse(value)
         except CellError as exc:
