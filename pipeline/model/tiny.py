@@ -23,6 +23,7 @@ from safetensors.torch import save_file
 from .decoder import TransparentVAEDecoder
 from .keys import sgm_key_map
 from .safety import build_tiny_safety_checker
+from .sdxl import random_sdxl_pipeline
 
 ATTN_FILE = "layer_xl_transparent_attn.safetensors"
 CONV_FILE = "layer_xl_transparent_conv.safetensors"
@@ -85,82 +86,20 @@ def _write_tiny_model(root: Path, seed: int) -> None:
 
 
 def _tiny_sdxl_pipeline():
-    from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
-
-    unet = UNet2DConditionModel(
+    text = dict(hidden_size=TEXT_WIDTH, intermediate_size=64, num_attention_heads=4, num_hidden_layers=3,
+                vocab_size=514, projection_dim=TEXT_WIDTH)  # fmt: skip
+    unet = dict(
         block_out_channels=(16, 32, 64),
-        layers_per_block=2,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
         transformer_layers_per_block=(1, 1, 2),
         attention_head_dim=(2, 4, 8),
         norm_num_groups=8,
         cross_attention_dim=2 * TEXT_WIDTH,
-        use_linear_projection=True,
-        addition_embed_type="text_time",
         addition_time_embed_dim=8,
         projection_class_embeddings_input_dim=6 * 8 + TEXT_WIDTH,
         sample_size=32,
     )
-    vae = AutoencoderKL(
-        block_out_channels=(16, 16, 32, 32),
-        down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4,
-        layers_per_block=1,
-        latent_channels=4,
-        norm_num_groups=8,
-        scaling_factor=0.13025,
-        sample_size=256,
-    )
-    text_config = CLIPTextConfig(
-        hidden_size=TEXT_WIDTH,
-        intermediate_size=64,
-        num_attention_heads=4,
-        num_hidden_layers=3,
-        vocab_size=514,
-        max_position_embeddings=77,
-        projection_dim=TEXT_WIDTH,
-        bos_token_id=512,
-        eos_token_id=513,
-        pad_token_id=513,
-    )
-    scheduler = EulerDiscreteScheduler(
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        steps_offset=1,
-        timestep_spacing="leading",
-    )
-    return StableDiffusionXLPipeline(
-        vae=vae,
-        text_encoder=CLIPTextModel(text_config),
-        text_encoder_2=CLIPTextModelWithProjection(text_config),
-        tokenizer=tiny_tokenizer(),
-        tokenizer_2=tiny_tokenizer(),
-        unet=unet,
-        scheduler=scheduler,
-        add_watermarker=False,
-    )
-
-
-def tiny_tokenizer():
-    """A byte-level CLIP tokenizer with no merges: every character is a token."""
-    from transformers import CLIPTokenizer
-
-    chars = _byte_chars()
-    vocab = {c: i for i, c in enumerate(chars)}
-    vocab.update({c + "</w>": len(chars) + i for i, c in enumerate(chars)})
-    vocab["<|startoftext|>"] = len(vocab)
-    vocab["<|endoftext|>"] = len(vocab)
-    return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=77)
-
-
-def _byte_chars() -> list[str]:
-    # GPT-2/CLIP's reversible byte -> printable-character table.
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
-    others = [b for b in range(256) if b not in printable]
-    return [chr(c) for c in printable] + [chr(256 + n) for n in range(len(others))]
+    vae = dict(block_out_channels=(16, 16, 32, 32), layers_per_block=1, norm_num_groups=8, sample_size=256)
+    return random_sdxl_pipeline(unet, vae, text, text)
 
 
 def _attn_lora(unet, generator) -> dict[str, torch.Tensor]:
