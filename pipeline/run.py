@@ -202,6 +202,7 @@ def _render(job: Job, part: ManifestPart, stop: threading.Event) -> None:
                     continue
                 if isinstance(outcome, str):
                     _record_failure(job, part, row, batch, outcome, context)
+                    advance()
                 else:
                     writes.append(writer.submit(_write_row, job, part, row, batch, outcome, share, context))
                     writes[-1].add_done_callback(lambda _f: advance())
