@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .logs import utc_now
-from .records import MANIFEST_FIELDS, PARAM_COLUMNS, STATUS_INVALID, Batch, InvalidRow, Row
+from .faults import fault_point
+from .schema import to_arrow
 from .writer import write_atomic
 
 PARTS = "parts"
@@ -43,23 +43,6 @@ def latest_records(out_dir: Path) -> dict[str, dict]:
     return latest
 
 
-def row_record(row: Row, batch: Batch, request: str, context: dict, **outcome) -> dict:
-    """A generated (or failed) row's record: passthrough columns, parameters, outcome, provenance."""
-    record = {**row.extra, **dict.fromkeys(MANIFEST_FIELDS)}
-    record.update(id=row.key, row=row.number, **row.params(), request_hash=request, batch_index=batch.index,
-                  batch_size=len(batch.rows), finished_at=utc_now(), **context, **outcome)  # fmt: skip
-    return record
-
-
-def invalid_record(row: InvalidRow) -> dict:
-    """Parameters stay null (their cells may be of any type); the raw cells are kept as text in `input`."""
-    extra = {k: v for k, v in row.values.items() if k != "id" and k not in PARAM_COLUMNS}
-    cells = {k: None if v is None else str(v) for k, v in row.values.items()}
-    record = {**extra, **dict.fromkeys(MANIFEST_FIELDS)}
-    record.update(id=row.key, row=row.number, status=STATUS_INVALID, error=row.error, input=cells)
-    return record
-
-
 def merge(out_dir: Path, keys: list[str] | None = None) -> list[dict] | None:
     """Write the merged manifest once every row has an outcome and return its records; else None.
 
@@ -93,34 +76,18 @@ def write_manifest(out_dir: Path, records: list[dict]) -> None:
     """manifest.jsonl and manifest.parquet, each replaced atomically."""
     lines = "".join(json.dumps(r, ensure_ascii=False, default=str) + "\n" for r in records)
     write_atomic(out_dir / MANIFEST_JSONL, lines.encode("utf-8"))
+    fault_point("manifest_jsonl_written")
     write_atomic(out_dir / MANIFEST_PARQUET, _parquet_bytes(records))
+    fault_point("manifest_parquet_written")
 
 
 def _parquet_bytes(records: list[dict]) -> bytes:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    # JSON round trip: values as in manifest.jsonl (e.g. dates as text).
-    plain = [json.loads(json.dumps(r, default=str)) for r in records]
-    try:
-        table = pa.Table.from_pylist(plain)
-    except (pa.ArrowInvalid, pa.ArrowTypeError):
-        table = pa.Table.from_pylist(_text_where_mixed(plain))
     sink = pa.BufferOutputStream()
-    pq.write_table(table, sink)
+    pq.write_table(to_arrow(records), sink)
     return sink.getvalue().to_pybytes()
-
-
-def _text_where_mixed(records: list[dict]) -> list[dict]:
-    """Columns whose values differ in type across rows (passthrough columns of JSON Lines) become JSON text."""
-    kinds: dict[str, set] = {}
-    for record in records:
-        for key, value in record.items():
-            if value is not None:
-                kinds.setdefault(key, set()).add(float if isinstance(value, int) and not isinstance(value, bool)
-                                                 else type(value))  # fmt: skip
-    mixed = {key for key, types in kinds.items() if len(types) > 1}
-    return [{k: json.dumps(v) if k in mixed and v is not None else v for k, v in r.items()} for r in records]
 
 
 def read_manifest(out_dir: Path) -> list[dict]:

@@ -3,16 +3,10 @@
 from __future__ import annotations
 
 import hashlib
-import json
 from pathlib import Path
 
-from .records import STATUS_OK, Batch, Row
-
-
-def request_hash(row: Row, identity: dict) -> str:
-    """What decides a row's pixels: its parameters, the model and the batching; not timings or paths of outputs."""
-    payload = json.dumps({"params": row.params(), "identity": identity}, sort_keys=True, default=str)
-    return hashlib.sha256(payload.encode()).hexdigest()
+from .identity import Identity
+from .records import Batch, Status
 
 
 def file_sha256(path: Path) -> str | None:
@@ -24,18 +18,18 @@ def file_sha256(path: Path) -> str | None:
 
 def is_done(out_dir: Path, record: dict | None, expected_request: str | None = None) -> bool:
     """An ok record whose PNG is on disk with the recorded hash (and, if given, for the same request)."""
-    if not record or record.get("status") != STATUS_OK:
+    if not record or record.get("status") != Status.OK.value:
         return False
     if expected_request is not None and record.get("request_hash") != expected_request:
         return False
     return file_sha256(out_dir / record["image"]["url"]) == record.get("sha256")
 
 
-def rows_to_do(out_dir: Path, batches: list[Batch], latest: dict[str, dict], identity: dict) -> set[str]:
+def rows_to_do(out_dir: Path, batches: list[Batch], latest: dict[str, dict], identity: Identity) -> set[str]:
     """Keys of the rows that need an image."""
     return {
         row.key
         for batch in batches
         for row in batch.rows
-        if not is_done(out_dir, latest.get(row.key), request_hash(row, identity))
+        if not is_done(out_dir, latest.get(row.key), identity.request_hash(row))
     }

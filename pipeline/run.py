@@ -1,5 +1,5 @@
 """The one short loop that composes the stages:
-table -> rows -> batches -> (this process's share of what is not done) -> model -> PNGs -> manifest."""
+table -> rows -> plan -> this process's share of what is not done -> batches -> model -> writer -> manifest."""
 
 from __future__ import annotations
 
@@ -14,27 +14,19 @@ from pathlib import Path
 
 from .config import Config, as_dict
 from .determinism import plan_batches
-from .identity import environment, model_label, request_identity
+from .exits import ExitCode
+from .faults import fault_point
+from .identity import Identity, environment, model_label, request_identity
 from .lock import FolderLock, FolderLocked
 from .logs import Log, utc_now
-from .manifest import (
-    MANIFEST_JSONL,
-    MANIFEST_PARQUET,
-    PARTS,
-    invalid_record,
-    latest_records,
-    merge,
-    row_record,
-    write_run_info,
-)
-from .records import STATUS_FAILED, STATUS_OK, Batch, Row
-from .resume import request_hash, rows_to_do
+from .manifest import MANIFEST_JSONL, MANIFEST_PARQUET, PARTS, latest_records, merge, write_run_info
+from .outcome import Failed, Flagged, Invalid, Outcome, Provenance, Rendered, manifest_record
+from .records import Batch, Row, Status
+from .resume import rows_to_do
+from .schedulers import SCHEDULERS
 from .sharding import Process, current_process, my_share
 from .table import Table, TableError, load_table
-from .writer import IMAGES, ManifestPart, encode_png, remove_stale_temporaries, write_image
-
-EXIT_OK, EXIT_USAGE, EXIT_ROWS, EXIT_MODEL = 0, 2, 3, 4  # 1 stays Python's code for an unexpected error
-EXIT_LOCKED, EXIT_OUTPUT, EXIT_TOO_MANY_FAILURES, EXIT_INTERRUPTED = 5, 6, 7, 130
+from .writer import IMAGES, ManifestPart, PngSettings, remove_stale_temporaries, write_image
 
 
 class TooManyFailures(RuntimeError):
@@ -65,14 +57,14 @@ class Summary:
                 "images_per_second": round(self.images_per_second, 3), "manifest": self.manifest_written}  # fmt: skip
 
     @property
-    def exit_code(self) -> int:
+    def exit_code(self) -> ExitCode:
         if self.interrupted:
-            return EXIT_INTERRUPTED
+            return ExitCode.INTERRUPTED
         if self.launched and not self.manifest_written:
             # The launcher ends every sibling when one process exits non-zero; the process that
             # merges the manifest (the last to finish) reports for the whole run.
-            return EXIT_OK
-        return EXIT_ROWS if self.failed or self.invalid or self.unfinished_in_manifest else EXIT_OK
+            return ExitCode.OK
+        return ExitCode.ROWS if self.failed or self.invalid or self.unfinished_in_manifest else ExitCode.OK
 
 
 @dataclass
@@ -85,7 +77,8 @@ class Job:
     log: Log
     batches: list[Batch]  # this process's share
     todo: set[str]  # keys of every row of the table that needs an image
-    identity: dict
+    identity: Identity
+    sources: object  # model.sources.Sources, resolved once
     latest: dict[str, dict]  # every row's latest record when the run started
     summary: Summary = field(default_factory=Summary)
 
@@ -105,7 +98,8 @@ def generate(config: Config, input_path: Path, out_dir: Path, shard=None, log: L
     # 2. one run per folder; 3. plan; 4. render; 5. merge
     with _folder_lock(out_dir, process, shard):
         job = _plan(config, table, out_dir, process, log)
-        with ManifestPart(_part_path(out_dir, process)) as part, _stop_on_signals() as stop:
+        fault_point("planned")
+        with ManifestPart(_part_path(out_dir, process)) as part, _stop_on_signals(log) as stop:
             _prepare_folder(job, table, input_path, part)
             if job.batches:
                 _render(job, part, stop)
@@ -137,7 +131,12 @@ def _folder_lock(out_dir: Path, process: Process, shard):
 
 def _plan(config: Config, table: Table, out_dir: Path, process: Process, log: Log) -> Job:
     """Batches on the whole table, then this process's share of those with rows not done."""
-    identity = request_identity(config)
+    from .model.sources import ensure_tiny_model, resolve_sources
+
+    ensure_tiny_model(config.model)
+    sources = resolve_sources(config.model, safety_checker=any(r.enable_safety_checker for r in table.rows))
+    sources.raise_if_missing()
+    identity = request_identity(config, sources)
     batches = plan_batches(table.rows, config.run.batch_size)
     latest = latest_records(out_dir)
     todo = {r.key for r in table.rows} if config.run.overwrite else rows_to_do(out_dir, batches, latest, identity)
@@ -149,7 +148,7 @@ def _plan(config: Config, table: Table, out_dir: Path, process: Process, log: Lo
         log.event("invalid_row", row.error, id=row.key, row=row.number)
     log.event("plan", input=str(table.path), rows=table.total, invalid=len(table.invalid), to_do=len(todo),
               batches=len(mine), world_size=process.world_size)  # fmt: skip
-    return Job(config, out_dir, process, log, mine, todo, identity, latest, summary)
+    return Job(config, out_dir, process, log, mine, todo, identity, sources, latest, summary)
 
 
 def _prepare_folder(job: Job, table: Table, input_path: Path, part: ManifestPart) -> None:
@@ -164,9 +163,11 @@ def _prepare_folder(job: Job, table: Table, input_path: Path, part: ManifestPart
     info = {"input": str(Path(input_path).resolve()), "total_rows": table.total, "keys": table.keys,
             "config": as_dict(job.config), "started_at": utc_now()}  # fmt: skip
     write_run_info(out, info)
+    fault_point("run_info_written")
     for row in table.invalid:
-        if job.latest.get(row.key) != invalid_record(row):
-            part.append(invalid_record(row))
+        record = manifest_record(row, Invalid(row.errors))
+        if job.latest.get(row.key) != record:
+            part.append(record)
 
 
 def _render(job: Job, part: ManifestPart, stop: threading.Event) -> None:
@@ -176,13 +177,12 @@ def _render(job: Job, part: ManifestPart, stop: threading.Event) -> None:
     started = time.perf_counter()
     needs_checker = any(r.enable_safety_checker for b in job.batches for r in b.rows if r.key in job.todo)
     device = resolve_device(config.model.device, job.process.local_rank)
-    model = load_model(config.model, device, safety_checker=needs_checker)
+    model = load_model(config.model, device, safety_checker=needs_checker, sources=job.sources)
     log.event("model_loaded", seconds=round(time.perf_counter() - started, 2), device=str(model.device))
-    context = {
-        "model": model.identity,
-        "environment": environment(model.device, model.dtype, config, job.process.world_size),
-        "rank": job.process.rank,
-    }
+    fault_point("model_loaded")
+    env = environment(model.device, model.dtype, config, job.process.world_size)
+    provenance = Provenance(model.identity, env, job.process.rank)
+    png = PngSettings(model_label(config), SCHEDULERS[config.model.scheduler], config.run.png_compress_level)
     writes: list[Future] = []
     total = sum(r.key in job.todo for b in job.batches for r in b.rows)
     with _writer(model.device) as writer, log.progress(total) as advance:
@@ -193,24 +193,30 @@ def _render(job: Job, part: ManifestPart, stop: threading.Event) -> None:
                 break
             started = time.perf_counter()
             outcomes = _generate_batch(model, batch, config, log)
-            share = (time.perf_counter() - started) / len(batch.rows)
-            for future in writes:  # PNG encoding overlaps the next batch; at most one batch in flight
-                future.result()
+            fault_point("batch_generated")
+            share = round((time.perf_counter() - started) / len(batch.rows), 4)
+            _finish(writes)  # PNG encoding overlaps the next batch; at most one batch in flight
             writes = []
             for row, outcome in zip(batch.rows, outcomes, strict=True):
                 if row.key not in job.todo:
                     continue
-                if isinstance(outcome, str):
-                    _record_failure(job, part, row, batch, outcome, context)
+                if isinstance(outcome, Failed):
+                    _record_failure(job, part, row, batch, outcome, provenance)
                     advance()
-                else:
-                    writes.append(writer.submit(_write_row, job, part, row, batch, outcome, share, context))
-                    writes[-1].add_done_callback(lambda _f: advance())
-                    job.summary.ok += 1
-                    job.summary.flagged += outcome[1] is True
+                    continue
+                writes.append(writer.submit(_write_row, job, part, row, batch, outcome, share, provenance, png))
+                writes[-1].add_done_callback(lambda _f: advance())
+                job.summary.ok += 1
+                job.summary.flagged += isinstance(outcome, Flagged)
             log.event("batch_done", batch=batch.index, rows=len(batch.rows), seconds=round(share * len(batch.rows), 3))
-        for future in writes:
-            future.result()
+        _finish(writes)
+
+
+def _finish(writes: list[Future]) -> None:
+    for future in writes:
+        future.result()
+    if writes:
+        fault_point("batch_recorded")
 
 
 def _writer(device) -> Executor:
@@ -229,44 +235,42 @@ class InlineExecutor(Executor):
         return future
 
 
-def _generate_batch(model, batch: Batch, config: Config, log: Log) -> list:
-    """Per row, (uint8 RGBA, safety flag) or an error message; a failed batch is retried row by row once."""
+def _generate_batch(model, batch: Batch, config: Config, log: Log) -> list[Outcome]:
+    """One outcome per row; a failed batch is retried row by row once."""
     from .model import free_memory, generate_rgba, screen
 
-    def attempt(rows) -> list:
+    def attempt(rows) -> list[Outcome]:
         try:
             images = generate_rgba(model, rows, config.run.tta, config.run.decoder_sub_batch)
             images, flags = screen(model.safety_checker, rows, images)
-            return list(zip(images, flags, strict=True))
+            pairs = zip(images, flags, strict=True)
+            return [Flagged(rgba) if flag else Rendered(rgba, checked=flag is False) for rgba, flag in pairs]
         except Exception as exc:  # e.g. out of memory: one bad batch must not end the run
             free_memory(model)
-            return [f"{type(exc).__name__}: {exc}"] * len(rows)
+            return [Failed(f"{type(exc).__name__}: {exc}")] * len(rows)
 
     outcomes = attempt(batch.rows)
-    if len(batch.rows) > 1 and isinstance(outcomes[0], str):
-        log.event("batch_retry", outcomes[0], batch=batch.index, rows=len(batch.rows))
+    if len(batch.rows) > 1 and isinstance(outcomes[0], Failed):
+        log.event("batch_retry", outcomes[0].error, batch=batch.index, rows=len(batch.rows))
         outcomes = [attempt([row])[0] for row in batch.rows]
     return outcomes
 
 
-def _record_failure(job: Job, part: ManifestPart, row: Row, batch: Batch, error: str, context: dict) -> None:
-    part.append(row_record(row, batch, request_hash(row, job.identity), context, status=STATUS_FAILED, error=error))
+def _record_failure(job: Job, part: ManifestPart, row: Row, batch: Batch, outcome: Failed, provenance) -> None:
+    request = job.identity.request_hash(row)
+    part.append(manifest_record(row, outcome, request_hash=request, batch=batch, provenance=provenance))
     job.summary.failed += 1
-    job.log.event("row_failed", error, id=row.key, row=row.number)
+    job.log.event("row_failed", outcome.error, id=row.key, row=row.number)
     limit = job.config.run.max_failures
     if limit is not None and job.summary.failed > limit:
-        raise TooManyFailures(f"{job.summary.failed} rows failed (--max-failures {limit}); last error: {error}")
+        raise TooManyFailures(f"{job.summary.failed} rows failed (--max-failures {limit}); last error: {outcome.error}")
 
 
-def _write_row(job: Job, part: ManifestPart, row: Row, batch: Batch, outcome, share: float, context: dict) -> None:
-    started = time.perf_counter()
-    rgba, flagged = outcome
-    png = encode_png(rgba, row, model_label(job.config), job.config.run.png_compress_level)
-    written = write_image(job.out_dir, row, png)
-    record = row_record(row, batch, request_hash(row, job.identity), context, status=STATUS_OK,
-                        has_nsfw_concepts=flagged, generation_seconds=round(share, 4), **written)  # fmt: skip
-    record["write_seconds"] = round(time.perf_counter() - started, 4)
-    part.append(record)
+def _write_row(job: Job, part, row: Row, batch: Batch, outcome, share: float, provenance, png: PngSettings) -> None:
+    written = write_image(job.out_dir, row, outcome.rgba, png)
+    fault_point("png_in_place")
+    part.append(manifest_record(row, outcome, request_hash=job.identity.request_hash(row), batch=batch,
+                                provenance=provenance, written=written, generation_seconds=share))  # fmt: skip
 
 
 def _merge(job: Job, table: Table) -> None:
@@ -276,12 +280,12 @@ def _merge(job: Job, table: Table) -> None:
     records = merge(job.out_dir, table.keys)
     if records is not None:
         job.summary.manifest_written = True
-        job.summary.unfinished_in_manifest = sum(r["status"] != STATUS_OK for r in records)
+        job.summary.unfinished_in_manifest = sum(r["status"] != Status.OK.value for r in records)
 
 
 @contextmanager
-def _stop_on_signals():
-    """SIGINT/SIGTERM ask for a stop after the current batch; a second SIGINT interrupts at once."""
+def _stop_on_signals(log: Log):
+    """SIGINT/SIGTERM ask for a stop after the current batch (said at once); a second SIGINT aborts."""
     stop = threading.Event()
     if threading.current_thread() is not threading.main_thread():
         yield stop
@@ -290,6 +294,9 @@ def _stop_on_signals():
     def request_stop(signum, _frame):
         if stop.is_set() and signum == signal.SIGINT:
             raise KeyboardInterrupt
+        if not stop.is_set():
+            log.event("stopping", f"{signal.Signals(signum).name}: finishing the current batch, then stopping "
+                      "(its images are written; rerun to continue). Press Ctrl-C again to abort at once.")  # fmt: skip
         stop.set()
 
     previous = {s: signal.signal(s, request_stop) for s in (signal.SIGINT, signal.SIGTERM)}

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .manifest import latest_records, read_run_info
-from .records import STATUS_FAILED, STATUS_INVALID
+from .records import Status
 from .resume import is_done
 
 
@@ -17,7 +17,7 @@ def folder_status(out_dir: Path) -> dict[str, int]:
         record = latest.get(key)
         if is_done(out_dir, record):
             counts["done"] += 1
-        elif record and record.get("status") in (STATUS_FAILED, STATUS_INVALID):
+        elif record and record.get("status") in (Status.FAILED.value, Status.INVALID.value):
             counts[record["status"]] += 1
         else:
             counts["pending"] += 1

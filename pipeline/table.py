@@ -3,34 +3,23 @@
 from __future__ import annotations
 
 import json
-import math
 import re
-from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from .cells import CellError, column_rules, missing, show
 from .config import Defaults
 from .determinism import derive_seed
-from .records import MANIFEST_FIELDS, PARAM_COLUMNS, InvalidRow, Row
+from .records import InvalidRow, Row
+from .schema import RESERVED_COLUMNS
 
 ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
-MAX_PROMPT_CHARS = 20_000
-MAX_SEED = 2**64 - 1
-MAX_SIDE = 4096
-MAX_STEPS = 1000
-MAX_GUIDANCE = 50.0
 SUFFIXES = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet", ".jsonl": "jsonl", ".ndjson": "jsonl"}
-TRUE_WORDS, FALSE_WORDS = {"true", "t", "yes", "y", "1"}, {"false", "f", "no", "n", "0"}
-_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
 
 class TableError(ValueError):
     """The table as a whole cannot be used (unreadable, empty, no prompt column, ...)."""
-
-
-class CellError(ValueError):
-    """One cell is wrong; the message says what would be right."""
 
 
 @dataclass(frozen=True)
@@ -62,7 +51,7 @@ def load_table(path: str | Path, defaults: Defaults, limit: int | None = None) -
     if "prompt" not in columns:
         raise TableError(f"{path}: no 'prompt' column (columns found: {', '.join(columns) or 'none'}); "
                          "add a 'prompt' column with one text prompt per row")  # fmt: skip
-    clashes = sorted(set(columns) & set(MANIFEST_FIELDS) - {"id", *PARAM_COLUMNS})
+    clashes = sorted(set(columns) & RESERVED_COLUMNS)
     if clashes:
         raise TableError(f"{path}: column(s) {clashes} clash with manifest fields; rename them")
     if not records:
@@ -153,133 +142,30 @@ def validate_rows(path: Path, records: list[dict], defaults: Defaults) -> tuple[
 
 def _row_key(record: dict, number: int) -> tuple[str, list[str]]:
     value = record.get("id")
-    if _missing(value):
+    if missing(value):
         return f"row-{number:06d}", []
     if isinstance(value, int) and not isinstance(value, bool):
         value = str(value)
     if not isinstance(value, str) or not ID_PATTERN.fullmatch(value) or value.endswith("."):
         shown = value if isinstance(value, str) else type(value).__name__
         return f"row-{number:06d}", [
-            f"column 'id': value {_show(shown)} is not a safe file name; use 1-128 letters, digits, '.', '_' or '-', "
+            f"column 'id': value {show(shown)} is not a safe file name; use 1-128 letters, digits, '.', '_' or '-', "
             "starting with a letter or digit (no '/', '\\', spaces or leading dots)"
         ]
     return value, []
 
 
-def _column_rules(d: Defaults) -> dict[str, tuple[Callable, Any]]:
-    """Per parameter column: the parser of a cell, and what an empty cell means (None: derived later)."""
-    return {
-        "prompt": (lambda v: _text(v, MAX_PROMPT_CHARS, d.allow_empty_prompt), "" if d.allow_empty_prompt else None),
-        "negative_prompt": (lambda v: _text(v, MAX_PROMPT_CHARS, allow_empty=True), d.negative_prompt),
-        "seed": (lambda v: _int(v, 0, MAX_SEED), None),
-        "guidance_scale": (lambda v: _float(v, 0.0, MAX_GUIDANCE), d.guidance_scale),
-        "num_inference_steps": (lambda v: _int(v, 1, MAX_STEPS), d.num_inference_steps),
-        "width": (_side, d.width),
-        "height": (_side, d.height),
-        "enable_safety_checker": (_bool, d.enable_safety_checker),
-    }
-
-
 def _parse_cells(record: dict, d: Defaults) -> tuple[dict[str, Any], list[str]]:
     values, errors = {}, []
-    for column, (parse, default) in _column_rules(d).items():
+    for column, (parse, default) in column_rules(d).items():
         raw = record.get(column)
         try:
-            if not _missing(raw):
+            if not missing(raw):
                 values[column] = parse(raw)
             elif column == "prompt" and default is None:
                 raise CellError("is empty; every row needs a prompt (or pass --allow-empty-prompt)")
             else:
                 values[column] = default
         except CellError as exc:
-            errors.append(f"column {column!r}: value {_show(raw)} {exc}")
+            errors.append(f"column {column!r}: value {show(raw)} {exc}")
     return values, errors
-
-
-def check_defaults(d: Defaults, source: str) -> None:
-    """Defaults obey the same rules as cells, so a bad default fails before any row runs."""
-    from .config import ConfigError
-
-    for name, (parse, value) in _column_rules(d).items():
-        if value is None or name == "prompt":
-            continue  # no default to check: seeds are derived, prompts come from the rows
-        try:
-            parse(value)
-        except CellError as exc:
-            raise ConfigError(f"{source}: default {name} = {value!r} {exc}") from None
-
-
-def _missing(value) -> bool:
-    return value is None or (isinstance(value, float) and math.isnan(value)) or value == ""
-
-
-def _show(value) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
-def _text(value, max_chars: int, allow_empty: bool = False) -> str:
-    if not isinstance(value, str):
-        raise CellError(f"is a {type(value).__name__}; it must be text")
-    if not allow_empty and not value.strip():
-        raise CellError("is blank; write a prompt")
-    if len(value) > max_chars:
-        raise CellError(f"has {len(value)} characters; the limit is {max_chars} (CLIP reads only ~77 tokens)")
-    if bad := _CONTROL.search(value):
-        raise CellError(f"contains control character U+{ord(bad.group()):04X}; remove it")
-    return value
-
-
-def _int(value, low: int, high: int) -> int:
-    number = _number(value)
-    if isinstance(number, float):
-        if not number.is_integer() or abs(number) > 2**53:
-            raise CellError(f"is not a whole number; write an integer between {low} and {high}")
-        number = int(number)
-    if not low <= number <= high:
-        raise CellError(f"is out of range; use an integer between {low} and {high}")
-    return number
-
-
-def _float(value, low: float, high: float) -> float:
-    number = float(_number(value))
-    if not low <= number <= high:
-        raise CellError(f"is out of range; use a number between {low:g} and {high:g}")
-    return number
-
-
-def _number(value) -> int | float:
-    if isinstance(value, bool):
-        raise CellError("is true/false; it must be a number")
-    if isinstance(value, str):
-        text = value.strip()
-        try:
-            value = int(text)
-        except ValueError:
-            try:
-                value = float(text)
-            except ValueError:
-                raise CellError("is not a number") from None
-    if isinstance(value, float) and not math.isfinite(value):
-        raise CellError("is not finite; write a number")
-    if not isinstance(value, (int, float)):
-        raise CellError(f"is a {type(value).__name__}; it must be a number")
-    return value
-
-
-def _side(value) -> int:
-    side = _int(value, 64, MAX_SIDE)
-    if side % 64:
-        lower, upper = side - side % 64, side - side % 64 + 64
-        raise CellError(f"is not a multiple of 64; the transparent decoder needs one (e.g. {lower or 64} or {upper})")
-    return side
-
-
-def _bool(value) -> bool:
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, int) and value in (0, 1):
-        return bool(value)
-    if isinstance(value, str) and value.strip().lower() in TRUE_WORDS | FALSE_WORDS:
-        return value.strip().lower() in TRUE_WORDS
-    raise CellError("is not true or false; write true/false (also yes/no, 1/0)")

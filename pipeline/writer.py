@@ -11,42 +11,72 @@ import socket
 import tempfile
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from PIL import Image, PngImagePlugin
 
+from .faults import fault_point
+from .outcome import Written
 from .records import Row
+from .schedulers import Scheduler
 
 IMAGES = "images"
+
+
+def _file_mode() -> int:
+    """What `open()` would create: 0666 less the umask (mkstemp alone makes every file 0600)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+FILE_MODE = _file_mode()
+
+
+@dataclass(frozen=True)
+class PngSettings:
+    """What every PNG of a run says about how it was made, and how hard it is compressed."""
+
+    model: str  # short model label
+    scheduler: Scheduler
+    compress_level: int = 6
 
 
 class OutputError(OSError):
     """The output folder cannot take a file (disk full, quota, read-only, ...)."""
 
 
-def encode_png(rgba, row: Row, model_name: str, compress_level: int) -> bytes:
-    """RGBA PNG bytes; deterministic for the same pixels, row and model (no timestamps inside)."""
+def encode_png(rgba, row: Row, png: PngSettings) -> bytes:
+    """RGBA PNG bytes; deterministic for the same pixels, row and settings (no timestamps inside)."""
     info = PngImagePlugin.PngInfo()
-    info.add_text("parameters", a1111_parameters(row, model_name))
+    height, width = rgba.shape[:2]
+    info.add_text("parameters", a1111_parameters(row, png, width, height))
     for name, value in row.params().items():
         info.add_text(name, str(value))
-    info.add_text("model", model_name)
+    info.add_text("model", png.model)
     buffer = io.BytesIO()
-    Image.fromarray(rgba, mode="RGBA").save(buffer, format="PNG", pnginfo=info, compress_level=compress_level)
+    Image.fromarray(rgba, mode="RGBA").save(buffer, format="PNG", pnginfo=info, compress_level=png.compress_level)
     return buffer.getvalue()
 
 
-def a1111_parameters(row: Row, model_name: str) -> str:
-    """The `parameters` text that AUTOMATIC1111-style readers and galleries show."""
+def a1111_parameters(row: Row, png: PngSettings, width: int, height: int) -> str:
+    """The `parameters` text that AUTOMATIC1111-style readers and galleries show, in its field order."""
+    sampler = f"Sampler: {png.scheduler.sampler}, "
+    if png.scheduler.schedule_type:
+        sampler += f"Schedule type: {png.scheduler.schedule_type}, "
     return (
         f"{row.prompt}\nNegative prompt: {row.negative_prompt}\n"
-        f"Steps: {row.num_inference_steps}, Sampler: Euler, CFG scale: {row.guidance_scale:g}, "
-        f"Seed: {row.seed}, Size: {row.width}x{row.height}, Model: {model_name}, Transparency: LayerDiffuse"
+        f"Steps: {row.num_inference_steps}, {sampler}CFG scale: {row.guidance_scale:g}, "
+        f"Seed: {row.seed}, Size: {width}x{height}, Model: {png.model}, Transparency: LayerDiffuse"
     )
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    """Temporary file in the same folder, fsync, rename: readers see the old file or the new, never half."""
+def write_atomic(path: Path, data: bytes, moment: str | None = None) -> None:
+    """Temporary file in the same folder, fsync, rename: readers see the old file or the new, never half.
+
+    `moment`: the fault point reached once the temporary file is complete (see faults.py).
+    """
     written = 0
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{_owner_tag()}.", suffix=".tmp", dir=path.parent)
@@ -54,11 +84,14 @@ def write_atomic(path: Path, data: bytes) -> None:
         raise OutputError(exc.errno, f"cannot create a file in {path.parent}: {exc.strerror}") from exc
     try:
         with os.fdopen(fd, "wb") as handle:
+            os.fchmod(handle.fileno(), FILE_MODE)
             view = memoryview(data)
             while written < len(data):
                 written += handle.write(view[written:])
             handle.flush()
             os.fsync(handle.fileno())
+        if moment:
+            fault_point(moment)
         os.replace(tmp, path)
     except OSError as exc:
         Path(tmp).unlink(missing_ok=True)
@@ -113,21 +146,16 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def write_image(out_dir: Path, row: Row, png: bytes) -> dict:
-    """Write `images/<key>.png`; returns the hosted API's image fields plus sha256."""
+def write_image(out_dir: Path, row: Row, rgba, png: PngSettings) -> Written:
+    """Encode and write `images/<key>.png` atomically; returns what the manifest records about it."""
+    started = time.perf_counter()
+    data = encode_png(rgba, row, png)
     path = out_dir / IMAGES / f"{row.key}.png"
-    write_atomic(path, png)
-    return {
-        "image": {
-            "url": f"{IMAGES}/{path.name}",
-            "content_type": "image/png",
-            "file_name": path.name,
-            "file_size": len(png),
-            "width": row.width,
-            "height": row.height,
-        },
-        "sha256": hashlib.sha256(png).hexdigest(),
-    }
+    write_atomic(path, data, moment="png_temp_written")
+    height, width = rgba.shape[:2]
+    image = {"url": f"{IMAGES}/{path.name}", "content_type": "image/png", "file_name": path.name,
+             "file_size": len(data), "width": width, "height": height}  # fmt: skip
+    return Written(image, hashlib.sha256(data).hexdigest(), round(time.perf_counter() - started, 4))
 
 
 class ManifestPart:
@@ -139,7 +167,7 @@ class ManifestPart:
     def __init__(self, path: Path):
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
-        self._handle = path.open("a", encoding="utf-8")
+        self._handle = path.open("a", encoding="utf-8")  # created with the umask's permissions
         self._lock = threading.Lock()
 
     def append(self, record: dict) -> None:
@@ -151,6 +179,7 @@ class ManifestPart:
                 os.fsync(self._handle.fileno())
             except OSError as exc:  # a cut-off line is ignored by readers; its row is redone next run
                 raise OutputError(exc.errno, f"cannot append to {self.path}: {exc.strerror or exc}") from exc
+        fault_point("record_appended")
 
     def close(self) -> None:
         self._handle.close()

@@ -14,7 +14,8 @@ from hypothesis import strategies as st
 from pipeline.cli import cli
 from pipeline.config import Defaults
 from pipeline.records import PARAM_COLUMNS
-from pipeline.table import MAX_SEED, TableError, load_table
+from pipeline.cells import MAX_SEED
+from pipeline.table import TableError, load_table
 
 
 def validate(path):

@@ -16,9 +16,10 @@ import torch
 from safetensors.torch import load_file
 
 from .keys import sgm_key_map
+from .sources import ModelLoadError
 
 
-class WeightMergeError(ValueError):
+class WeightMergeError(ModelLoadError, ValueError):
     """A LayerDiffuse weight file does not fit the UNet it is merged into."""
 
 

@@ -1,0 +1,119 @@
+"""How one cell of a table becomes a parameter value: the rules shared by table rows and config defaults.
+
+Every parser takes the raw cell (text from CSV, typed values from Parquet / JSON Lines) and returns the
+value or raises `CellError` whose message says what would be right.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable
+from typing import Any
+
+MAX_PROMPT_CHARS = 20_000
+MAX_SEED = 2**64 - 1
+MAX_SIDE = 4096
+MAX_STEPS = 1000
+MAX_GUIDANCE = 50.0
+TRUE_WORDS, FALSE_WORDS = {"true", "t", "yes", "y", "1"}, {"false", "f", "no", "n", "0"}
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+
+
+class CellError(ValueError):
+    """One cell is wrong; the message says what would be right."""
+
+
+def column_rules(defaults) -> dict[str, tuple[Callable[[Any], Any], Any]]:
+    """Per parameter column: the parser of a cell, and what an empty cell means (None: derived later).
+
+    `defaults` is a `config.Defaults`; its values fill empty cells.
+    """
+    d = defaults
+    return {
+        "prompt": (lambda v: text(v, MAX_PROMPT_CHARS, d.allow_empty_prompt), "" if d.allow_empty_prompt else None),
+        "negative_prompt": (lambda v: text(v, MAX_PROMPT_CHARS, allow_empty=True), d.negative_prompt),
+        "seed": (lambda v: integer(v, 0, MAX_SEED), None),
+        "guidance_scale": (lambda v: number(v, 0.0, MAX_GUIDANCE), d.guidance_scale),
+        "num_inference_steps": (lambda v: integer(v, 1, MAX_STEPS), d.num_inference_steps),
+        "width": (side, d.width),
+        "height": (side, d.height),
+        "enable_safety_checker": (boolean, d.enable_safety_checker),
+    }
+
+
+def missing(value) -> bool:
+    """An empty cell: it takes the default."""
+    return value is None or (isinstance(value, float) and math.isnan(value)) or value == ""
+
+
+def show(value) -> str:
+    shown = repr(value)
+    return shown if len(shown) <= 60 else shown[:57] + "..."
+
+
+def text(value, max_chars: int, allow_empty: bool = False) -> str:
+    if not isinstance(value, str):
+        raise CellError(f"is a {type(value).__name__}; it must be text")
+    if not allow_empty and not value.strip():
+        raise CellError("is blank; write a prompt")
+    if len(value) > max_chars:
+        raise CellError(f"has {len(value)} characters; the limit is {max_chars} (CLIP reads only ~77 tokens)")
+    if bad := _CONTROL.search(value):
+        raise CellError(f"contains control character U+{ord(bad.group()):04X}; remove it")
+    return value
+
+
+def integer(value, low: int, high: int) -> int:
+    parsed = _number(value, f"write an integer between {low} and {high}")
+    if isinstance(parsed, float):
+        if not parsed.is_integer() or abs(parsed) > 2**53:
+            raise CellError(f"is not a whole number; write an integer between {low} and {high}")
+        parsed = int(parsed)
+    if not low <= parsed <= high:
+        raise CellError(f"is out of range; use an integer between {low} and {high}")
+    return parsed
+
+
+def number(value, low: float, high: float) -> float:
+    parsed = float(_number(value, f"write a number between {low:g} and {high:g}, e.g. 7.5"))
+    if not low <= parsed <= high:
+        raise CellError(f"is out of range; use a number between {low:g} and {high:g}")
+    return parsed
+
+
+def _number(value, hint: str) -> int | float:
+    if isinstance(value, bool):
+        raise CellError(f"is true/false; it must be a number: {hint}")
+    if isinstance(value, str):
+        stripped = value.strip()
+        try:
+            value = int(stripped)
+        except ValueError:
+            try:
+                value = float(stripped)
+            except ValueError:
+                raise CellError(f"is not a number; {hint}") from None
+    if isinstance(value, float) and not math.isfinite(value):
+        raise CellError(f"is not finite; {hint}")
+    if not isinstance(value, (int, float)):
+        raise CellError(f"is a {type(value).__name__}; it must be a number: {hint}")
+    return value
+
+
+def side(value) -> int:
+    parsed = integer(value, 64, MAX_SIDE)
+    if parsed % 64:
+        lower, upper = parsed - parsed % 64, parsed - parsed % 64 + 64
+        raise CellError(f"is not a multiple of 64; the transparent decoder needs one (e.g. {lower or 64} or {upper})")
+    return parsed
+
+
+def boolean(value) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str) and value.strip().lower() in TRUE_WORDS | FALSE_WORDS:
+        return value.strip().lower() in TRUE_WORDS
+    raise CellError("is not true or false; write true/false (also yes/no, 1/0)")
