@@ -6,6 +6,9 @@ Every source is resolved first, so one error lists every missing file and how to
 
 from __future__ import annotations
 
+import functools
+import socket
+import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -104,29 +107,32 @@ def _resolve_file(location: str, name: str, sources: Sources) -> str:
     return cached or f"{location}/{name}"
 
 
-_network_down = False  # after one failed download, later lookups stay in the cache (no minutes of retries)
-
-
 def hub_file(repo_id: str, filename: str) -> str | None:
     """Path of a hub file: from the cache, else downloaded (unless offline); None if unavailable."""
-    global _network_down
     from huggingface_hub import constants, hf_hub_download, try_to_load_from_cache
 
     cached = try_to_load_from_cache(repo_id, filename)
     if isinstance(cached, str):
         return cached
-    if _network_down or constants.HF_HUB_OFFLINE:
+    if constants.HF_HUB_OFFLINE or not _hub_reachable(constants.ENDPOINT):
         return None
     try:
-        return hf_hub_download(repo_id, filename, etag_timeout=5)
-    except Exception as exc:  # offline, no such repo/file, network down: all mean "missing"
-        _network_down = _is_connection_error(exc)
+        return hf_hub_download(repo_id, filename)
+    except Exception:  # no such repo or file, access denied, network gone: all mean "missing"
         return None
 
 
-def _is_connection_error(exc: BaseException) -> bool:
-    names = {type(e).__name__ for e in (exc, exc.__cause__, exc.__context__) if e is not None}
-    return bool(names & {"ConnectError", "ConnectionError", "ConnectTimeout", "LocalEntryNotFoundError", "OSError"})
+@functools.cache
+def _hub_reachable(endpoint: str, timeout: float = 3.0) -> bool:
+    """One quick connection attempt per run: without network, the hub client would retry every file for
+    half a minute before giving up."""
+    url = urllib.parse.urlsplit(endpoint)
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        socket.create_connection((url.hostname, port), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
 
 
 def _missing_message(missing: list[str], checker_missing: bool = False) -> str:
