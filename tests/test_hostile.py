@@ -11,10 +11,10 @@ from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from pipeline.cells import MAX_SEED
 from pipeline.cli import cli
 from pipeline.config import Defaults
 from pipeline.records import PARAM_COLUMNS
-from pipeline.cells import MAX_SEED
 from pipeline.table import TableError, load_table
 
 
