@@ -154,8 +154,10 @@ def check_url(url: str, what: str) -> str:
 
 
 def _url_problem(url: str) -> str | None:
-    if not isinstance(url, str) or any(ch <= " " or ch == "\x7f" for ch in url):
-        return "it is empty or contains spaces or control characters"
+    if not url:
+        return "it is empty"
+    if any(ch <= " " or ch == "\x7f" for ch in url):
+        return "it contains spaces or control characters"
     try:
         parts = urlsplit(url)
         parts.port  # noqa: B018 - raises ValueError for a port that is not a number in 0..65535
