@@ -5,12 +5,14 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import re
 import socket
 import threading
 import time
 from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import pytest
 
@@ -338,3 +340,24 @@ def test_first_failures_are_capped():
 def test_unknown_status_is_refused():
     with pytest.raises(ValueError, match="ok, partial, failed, interrupted"):
         make_report(status="done")
+
+
+def test_documented_receiver_verifies_signatures(monkeypatch, capsys):
+    """The receiver snippet of docs/unattended.md, run as written, accepts signed reports and refuses forged ones."""
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "unattended.md").read_text()
+    (snippet,) = re.findall(r"```python\n(.*?)```", doc, flags=re.DOTALL)
+    monkeypatch.setenv("LAYERDIFFUSE_WEBHOOK_SECRET", "doc-secret")
+    namespace = {"__name__": "receiver_snippet"}
+    exec(compile(snippet, "docs/unattended.md", "exec"), namespace)
+    server = ThreadingHTTPServer(("127.0.0.1", 0), namespace["Hook"])
+    threading.Thread(target=server.serve_forever, args=(0.02,), daemon=True).start()
+    try:
+        url, report = f"http://127.0.0.1:{server.server_address[1]}/hook", make_report()
+        assert post_webhooks([url], report, secret="doc-secret", **FAST) == [True]
+        assert capsys.readouterr().out.startswith(f"{report.run_id} partial ")
+        assert post_webhooks([url], report, secret="forged", **FAST) == [False]
+        assert post_webhooks([url], report, **FAST) == [False]
+        assert capsys.readouterr().out == ""
+    finally:
+        server.shutdown()
+        server.server_close()
