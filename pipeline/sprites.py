@@ -42,6 +42,8 @@ class SpriteSettings:
                 raise ValueError(f"sprite setting {name} must be true or false, got {getattr(self, name)!r}")
         _check_int("alpha_threshold", self.alpha_threshold, 0, 254)
         _check_int("pad", self.pad, 0, MAX_SIDE)
+        object.__setattr__(self, "alpha_threshold", int(self.alpha_threshold))  # numpy or YAML ints alike
+        object.__setattr__(self, "pad", int(self.pad))
         object.__setattr__(self, "sizes", _normalise_sizes(self.sizes, self.pad))
         if self.bleed and self.premultiplied:
             raise ValueError(

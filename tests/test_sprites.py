@@ -213,6 +213,8 @@ def test_settings_validation(kwargs, message):
 def test_settings_normalise_and_round_trip():
     settings = SpriteSettings(trim=True, pad=2, sizes=[64, 512, 256], bleed=True)
     assert settings.sizes == (512, 256, 64)
+    from_numpy = SpriteSettings(pad=np.int64(2), sizes=np.array([64]), alpha_threshold=np.uint8(5)).to_dict()
+    assert json.dumps(from_numpy) == json.dumps(SpriteSettings(pad=2, sizes=(64,), alpha_threshold=5).to_dict())
     assert SpriteSettings(**json.loads(json.dumps(settings.to_dict()))) == settings
     assert settings.active and not SpriteSettings().active
 
