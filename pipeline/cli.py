@@ -55,7 +55,7 @@ def _shard(ctx, param, value):
 
 @cli.command(epilog=epilog("generate"))
 @click.argument("input_path", metavar="INPUT", type=click.Path(path_type=Path))
-@click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path), help="Output folder.")
+@click.option("--out", "out_dir", required=True, help="Output folder: a local path or an fsspec URL (s3://...).")
 @click.option("--config", "config_path", type=click.Path(path_type=Path), help="YAML config (see configs/).")
 @click.option("--model", help="SDXL base: hub id, diffusers folder or .safetensors file (overrides config).")
 @click.option("--base-config", help="Diffusers folder or hub id with the configs for a single-file --model.")
@@ -83,8 +83,9 @@ def _shard(ctx, param, value):
 @click.option("--png-compress-level", type=click.IntRange(0, 9), help="zlib level of the PNGs (default 6).")
 @click.option("--shard", callback=_shard, metavar="I/N", help="Run only shard I of N (for job arrays).")
 @click.option("--log-format", type=click.Choice(LOG_FORMATS), help="json: one object per line for cron.")
+@click.option("--verify", is_flag=True, help="Re-hash finished images and redo those whose content changed.")
 @click.option("--report", "make_report", is_flag=True, help="Write DIR/report.html and contact_sheet.png at the end.")
-def generate(input_path, out_dir, config_path, shard, log_format, make_report, **flags):
+def generate(input_path, out_dir, config_path, shard, log_format, verify, make_report, **flags):
     """Generate one RGBA PNG per row of INPUT (.csv, .parquet or .jsonl) into OUT/images/.
 
     Table columns: prompt (required); optional id, seed, negative_prompt, guidance_scale,
@@ -107,7 +108,7 @@ def generate(input_path, out_dir, config_path, shard, log_format, make_report, *
         flags["base"] = flags.pop("model")
         for section, names in FLAG_SECTIONS.items():
             config = config.with_overrides(section, **{name: flags[name] for name in names})
-        summary = _run_generate(config, input_path, out_dir, shard, log)
+        summary = _run_generate(config, input_path, out_dir, shard, log, verify)
     except ExitError as exc:
         log.event("error", exc.message, exit_code=exc.exit_code)
         sys.exit(exc.exit_code)
@@ -119,21 +120,23 @@ def generate(input_path, out_dir, config_path, shard, log_format, make_report, *
         traceback.print_exc()
         sys.exit(ExitCode.INTERNAL)
     if summary.manifest_written:
-        log.event("done", f"images in {out_dir / 'images'}, manifest in {out_dir / 'manifest.parquet'}")
+        out = str(out_dir).rstrip("/")
+        log.event("done", f"images in {out}/images, manifest in {out}/manifest.parquet")
     if make_report and summary.manifest_written:
         from .report import build_report
+        from .storage import Storage
 
-        page, _ = build_report(out_dir)
+        page, _ = build_report(Storage(out_dir))
         log.event("report", f"open {page} in a browser")
     sys.exit(summary.exit_code)
 
 
-def _run_generate(config: Config, input_path: Path, out_dir: Path, shard, log):
+def _run_generate(config: Config, input_path: Path, out_dir: str, shard, log, verify: bool):
     from . import run
     from .lock import FolderLocked
     from .model.sources import ModelLoadError
+    from .storage import OutputError
     from .table import TableError
-    from .writer import OutputError
 
     codes = {
         TableError: ExitCode.USAGE,
@@ -143,7 +146,7 @@ def _run_generate(config: Config, input_path: Path, out_dir: Path, shard, log):
         run.TooManyFailures: ExitCode.TOO_MANY_FAILURES,
     }
     try:
-        return run.generate(config, input_path, out_dir, shard=shard, log=log)
+        return run.generate(config, input_path, out_dir, shard=shard, log=log, verify=verify)
     except tuple(codes) as exc:
         raise ExitError(str(exc), next(code for kind, code in codes.items() if isinstance(exc, kind))) from None
 
@@ -188,10 +191,14 @@ def validate(input_path, config_path, allow_empty_prompt, as_json):
 
 
 @cli.command(epilog=epilog("status"))
-@click.argument("out_dir", metavar="DIR", type=click.Path(path_type=Path, exists=True, file_okay=False))
+@click.argument("out_dir", metavar="DIR")
 @click.option("--json", "as_json", is_flag=True, help="Print the counts as one JSON object.")
-def status(out_dir, as_json):
-    """Rows done / failed / invalid / pending in an output folder DIR.
+@click.option("--verify", is_flag=True, help="Re-hash every image: count those whose content changed as damaged.")
+def status(out_dir, as_json, verify):
+    """Rows done / failed / invalid / pending in an output folder DIR (a path or an fsspec URL).
+
+    A row is done when its record is ok and its image exists with the recorded size; no image is read
+    unless --verify.
 
     \b
     Example:
@@ -199,7 +206,7 @@ def status(out_dir, as_json):
     """
     from .status import folder_status
 
-    counts = _read_folder(folder_status, out_dir)
+    counts = _read_folder(lambda storage: folder_status(storage, verify), out_dir)
     if as_json:
         click.echo(json.dumps(counts))
     else:
@@ -207,16 +214,20 @@ def status(out_dir, as_json):
     sys.exit(ExitCode.OK if counts["done"] == counts["total"] else ExitCode.ROWS)
 
 
-def _read_folder(function, out_dir: Path):
-    try:
-        return function(out_dir)
-    except FileNotFoundError as exc:
-        message = f"{out_dir}: not an output folder of `layerdiffuse generate` ({exc.filename} missing)"
-        raise ExitError(message, ExitCode.USAGE) from None
+def _read_folder(function, out_dir: str):
+    """Call `function(storage)` on an output folder, or say why DIR is not one (exit 2)."""
+    from .manifest import KEYS, RUN_INFO
+    from .storage import Storage
+
+    storage = Storage(out_dir)
+    if not storage.exists(KEYS) and not storage.exists(RUN_INFO):
+        message = f"{out_dir}: not an output folder of `layerdiffuse generate` ({storage.shown(KEYS)} missing)"
+        raise ExitError(message, ExitCode.USAGE)
+    return function(storage)
 
 
 @cli.command("merge", epilog=epilog("merge"))
-@click.argument("out_dir", metavar="DIR", type=click.Path(path_type=Path, exists=True, file_okay=False))
+@click.argument("out_dir", metavar="DIR")
 def merge_command(out_dir):
     """Assemble DIR/manifest.parquet and manifest.jsonl from the per-process parts in DIR/parts/.
 
@@ -230,12 +241,15 @@ def merge_command(out_dir):
     """
     from .manifest import merge, missing_keys
 
-    if _read_folder(merge, out_dir) is None:
-        missing = missing_keys(out_dir)
+    merged = _read_folder(merge, out_dir)
+    if merged is None:
+        missing = _read_folder(missing_keys, out_dir)
         shown = ", ".join(missing[:10]) + (" ..." if len(missing) > 10 else "")
         click.echo(f"{len(missing)} row(s) have no outcome yet ({shown}); run generate again to finish them", err=True)
         sys.exit(ExitCode.ROWS)
-    click.echo(f"wrote {out_dir / 'manifest.parquet'} and {out_dir / 'manifest.jsonl'}")
+    out = out_dir.rstrip("/")
+    done = "wrote" if merged.rewritten else "up to date:"
+    click.echo(f"{done} {out}/manifest.parquet and {out}/manifest.jsonl ({merged.rows} rows)")
 
 
 def _background(ctx, param, value):
@@ -248,7 +262,7 @@ def _background(ctx, param, value):
 
 
 @cli.command("report", epilog=epilog("report"))
-@click.argument("out_dir", metavar="DIR", type=click.Path(path_type=Path, exists=True, file_okay=False))
+@click.argument("out_dir", metavar="DIR")
 @click.option("--background", default="checker", show_default=True, callback=_background,
               help="Behind transparent pixels: checker, white, black or #rrggbb.")  # fmt: skip
 @click.option("--sheet-count", default=64, show_default=True, type=click.IntRange(min=1),

@@ -17,8 +17,9 @@ from pathlib import Path
 
 from .config import Config, Defaults
 from .fingerprint import sha256_file, sha256_folder
-from .records import Row
+from .records import PARAM_COLUMNS, Row
 
+assert PARAM_COLUMNS[-1] == "enable_safety_checker"  # request_hashes takes it apart from the hashed values
 # Every setting of the run configuration is in exactly one of these groups (a test walks the config).
 REDO = {  # changing one redoes the rows it touches
     "model.base": "the base model's weights (by content)",
@@ -50,6 +51,7 @@ LOW_BITS = {  # may move the lowest bits of some pixels (other kernels or summat
 NEUTRAL = {  # never change pixels
     "model.build_tiny_if_missing": "builds the tiny model where it is missing",
     "run.png_compress_level": "file size only; the pixels are lossless",
+    "run.images_per_folder": "where new images are filed",
     "run.limit": "which rows run",
     "run.max_failures": "when a failing run stops",
     "run.overwrite": "redo rows that are done",
@@ -73,11 +75,17 @@ class Identity:
         return run, checked
 
     def request_hash(self, row: Row) -> str:
-        # Valid cells hold no control characters, so the unit separator keeps the fields apart.
-        params = "\x1f".join(map(str, (row.prompt, row.negative_prompt, row.seed, repr(row.guidance_scale),
-                                        row.num_inference_steps, row.width, row.height)))  # fmt: skip
-        prefix = self._prefixes[row.enable_safety_checker]
-        return hashlib.sha256(f"{prefix}\x1e{params}".encode()).hexdigest()
+        return self.request_hashes([[value] for value in row.params().values()])[0]
+
+    def request_hashes(self, columns: list[list]) -> list[str]:
+        """One hash per row from its PARAM_COLUMNS values, column by column (a million rows in seconds)."""
+        prefixes = self._prefixes
+        hashes = []
+        for *params, checked in zip(*columns, strict=True):
+            # Valid cells hold no control characters, so the unit separator keeps the fields apart.
+            text = prefixes[checked] + "\x1e" + "\x1f".join(map(str, params))
+            hashes.append(hashlib.sha256(text.encode()).hexdigest())
+        return hashes
 
 
 def request_identity(config: Config, sources) -> Identity:

@@ -61,7 +61,8 @@ class Written:
 
     image: dict
     sha256: str
-    write_seconds: float
+    write_seconds: float  # encoding and writing
+    encode_seconds: float = 0.0
 
 
 def manifest_record(

@@ -50,15 +50,22 @@ SCHEMA = pa.schema(
     metadata={"layerdiffuse.manifest_version": VERSION},
 )  # fmt: skip
 MANIFEST_FIELDS = tuple(SCHEMA.names)
+CONTEXT_FIELDS = ("model", "environment", "rank")  # the same for every record of a process
+# A record in a part log: no context, raw cells and passthrough columns as JSON text (`extra`).
+PART_SCHEMA = pa.schema(
+    [f if f.name != "input" else pa.field("input", pa.string()) for f in SCHEMA if f.name not in CONTEXT_FIELDS]
+    + [pa.field("extra", pa.string())]
+)
 assert tuple(name for name, _ in PARAMS) == PARAM_COLUMNS
 # Table columns that would clash with a manifest field (the parameters and `id` are the table's own).
 RESERVED_COLUMNS = frozenset(MANIFEST_FIELDS) - {"id", *PARAM_COLUMNS}
 
 
-def to_arrow(records: list[dict]) -> pa.Table:
-    """Records (as in manifest.jsonl) -> a table with SCHEMA plus passthrough columns as text."""
+def to_arrow(records: list[dict], passthrough: list[str] | None = None) -> pa.Table:
+    """Records (as in manifest.jsonl) -> a table with SCHEMA plus the passthrough columns as text
+    (`passthrough`: their names, in order; default: those the records carry)."""
     columns = [pa.array([_cell(name, r.get(name)) for r in records], type=f.type) for name, f in _fields()]
-    extra = _passthrough_names(records)
+    extra = _passthrough_names(records) if passthrough is None else passthrough
     columns += [pa.array([_text(r.get(name)) for r in records], pa.string()) for name in extra]
     schema = SCHEMA
     for name in extra:

@@ -1,4 +1,8 @@
-"""CSV / Parquet / JSON Lines -> validated rows with stable keys. Bad cells make invalid rows, never a crash."""
+"""CSV / Parquet / JSON Lines -> validated rows with stable keys. Bad cells make invalid rows, never a crash.
+
+Rows are kept column by column: a table of a million rows is a few lists, not a million objects; a `Row` is
+made only for the rows a process generates.
+"""
 
 from __future__ import annotations
 
@@ -6,12 +10,11 @@ import json
 import re
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
 
-from .cells import CellError, column_rules, missing, show
+from .cells import missing, parse_column, show
 from .config import Defaults
 from .determinism import derive_seed
-from .records import InvalidRow, Row
+from .records import BATCH_FIELDS, PARAM_COLUMNS, InvalidRow, Row
 from .schema import RESERVED_COLUMNS
 
 ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
@@ -23,47 +26,79 @@ class TableError(ValueError):
 
 
 @dataclass(frozen=True)
+class RowColumns:
+    """The valid rows, column by column, in input order."""
+
+    numbers: list[int]
+    keys: list[str]
+    params: dict[str, list]  # every PARAM_COLUMNS entry, resolved
+    extra: dict[str, list]  # passthrough columns, as read
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def row(self, i: int) -> Row:
+        params = {name: values[i] for name, values in self.params.items()}
+        extra = {name: values[i] for name, values in self.extra.items()}
+        return Row(number=self.numbers[i], key=self.keys[i], extra=extra, **params)
+
+    def signatures(self) -> list[tuple]:
+        """Per row, the fields that decide which rows batch together."""
+        return list(zip(*(self.params[name] for name in BATCH_FIELDS), strict=True))
+
+
+@dataclass(frozen=True)
 class Table:
     path: Path
     columns: tuple[str, ...]
-    rows: tuple[Row, ...]
+    valid: RowColumns
     invalid: tuple[InvalidRow, ...]
 
     @property
     def total(self) -> int:
-        return len(self.rows) + len(self.invalid)
+        return len(self.valid) + len(self.invalid)
+
+    @property
+    def rows(self) -> list[Row]:
+        """Every valid row as a `Row` (for small tables; large runs make rows per batch)."""
+        return [self.valid.row(i) for i in range(len(self.valid))]
 
     def without_safety_checker(self) -> Table:
         """The run turned the checker off: no row asks for it, whatever its column says."""
-        rows = tuple(replace(r, enable_safety_checker=False) for r in self.rows)
-        return replace(self, rows=rows)
+        params = {**self.valid.params, "enable_safety_checker": [False] * len(self.valid)}
+        return replace(self, valid=replace(self.valid, params=params))
 
     @property
     def keys(self) -> list[str]:
         """Row keys in input order, valid and invalid alike."""
-        return [r.key for r in sorted([*self.rows, *self.invalid], key=lambda r: r.number)]
+        keys = [""] * self.total
+        for number, key in zip(self.valid.numbers, self.valid.keys, strict=True):
+            keys[number - 1] = key
+        for row in self.invalid:
+            keys[row.number - 1] = row.key
+        return keys
 
 
 def load_table(path: str | Path, defaults: Defaults, limit: int | None = None) -> Table:
     """Read and validate a table; only the first `limit` data rows are kept when given."""
     path = Path(path)
-    columns, records = read_records(path)
-    if "prompt" not in columns:
-        raise TableError(f"{path}: no 'prompt' column (columns found: {', '.join(columns) or 'none'}); "
+    names, columns = read_columns(path)
+    if "prompt" not in names:
+        raise TableError(f"{path}: no 'prompt' column (columns found: {', '.join(names) or 'none'}); "
                          "add a 'prompt' column with one text prompt per row")  # fmt: skip
-    clashes = sorted(set(columns) & RESERVED_COLUMNS)
+    clashes = sorted(set(names) & RESERVED_COLUMNS)
     if clashes:
         raise TableError(f"{path}: column(s) {clashes} clash with manifest fields; rename them")
-    if not records:
+    if not columns["prompt"]:
         raise TableError(f"{path}: the table has a header but no rows; add at least one row")
     if limit is not None:
-        records = records[:limit]
-    rows, invalid = validate_rows(path, records, defaults)
-    return Table(path, tuple(columns), tuple(rows), tuple(invalid))
+        columns = {name: values[:limit] for name, values in columns.items()}
+    valid, invalid = validate_columns(path, names, columns, defaults)
+    return Table(path, tuple(names), valid, tuple(invalid))
 
 
-def read_records(path: Path) -> tuple[list[str], list[dict[str, Any]]]:
-    """Column names and one dict per data row, with the file's own types (CSV cells are all text)."""
+def read_columns(path: Path) -> tuple[list[str], dict[str, list]]:
+    """Column names and each column's cells, with the file's own types (CSV cells are all text)."""
     kind = SUFFIXES.get(path.suffix.lower())
     if kind is None:
         raise TableError(f"{path}: unknown table type {path.suffix!r}; use .csv, .parquet or .jsonl")
@@ -89,14 +124,15 @@ def _read_csv(path: Path):
     # All cells as text (typed and range-checked per cell below); the BOM is dropped; quoted
     # newlines and commas stay inside their cell.
     frame = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig", engine="c")
-    return [str(c) for c in frame.columns], frame.to_dict("records")
+    names = [str(c) for c in frame.columns]
+    return names, {name: frame[column].tolist() for name, column in zip(names, frame.columns, strict=True)}
 
 
 def _read_parquet(path: Path):
     import pyarrow.parquet as pq
 
     table = pq.read_table(path)
-    return list(table.column_names), table.to_pylist()
+    return list(table.column_names), {name: table.column(name).to_pylist() for name in table.column_names}
 
 
 def _read_jsonl(path: Path):
@@ -113,35 +149,64 @@ def _read_jsonl(path: Path):
                 raise TableError(f'{path}: line {number} must be a JSON object like {{"prompt": "..."}}')
             columns.update(dict.fromkeys(record))
             records.append(record)
-    return list(columns), [{c: r.get(c) for c in columns} for r in records]
+    return list(columns), {c: [r.get(c) for r in records] for c in columns}
 
 
-def validate_rows(path: Path, records: list[dict], defaults: Defaults) -> tuple[list[Row], list[InvalidRow]]:
-    rows, invalid, seen = [], [], {}
-    for number, record in enumerate(records, 1):
-        key, errors = _row_key(record, number)
-        if key.casefold() in seen:
-            errors.append(f"column 'id': value {key!r} is also used by row {seen[key.casefold()]}; ids must be "
-                          "unique (compared ignoring case, as some file systems do)")  # fmt: skip
+def validate_columns(path: Path, names: list[str], columns: dict[str, list], defaults: Defaults):
+    """(the valid rows as columns, the invalid rows); every problem names the file, row and column."""
+    count = len(columns["prompt"])
+    keys, errors = _keys(columns.get("id") or [None] * count)
+    params = {}
+    for name in PARAM_COLUMNS:
+        if name in columns:
+            params[name], cell_errors = parse_column(name, columns[name], defaults)
+            for position, message in cell_errors.items():
+                errors.setdefault(position, []).append(message)
+        else:
+            params[name] = parse_column(name, [None], defaults)[0] * count  # the default, shared
+    extra_names = [n for n in names if n != "id" and n not in PARAM_COLUMNS]
+    invalid = [
+        InvalidRow(i + 1, keys[i], tuple(f"{path}: row {i + 1}, {e}" for e in errors[i]),
+                   {n: columns[n][i] for n in names})
+        for i in sorted(errors)
+    ]  # fmt: skip
+    good = _without(range(count), errors)
+    params = {name: _without(values, errors) for name, values in params.items()}
+    keys = _without(keys, errors)
+    seeds = zip(params["seed"], keys, strict=True)
+    params["seed"] = [derive_seed(defaults.seed, key) if seed is None else seed for seed, key in seeds]
+    extra = {name: _without(columns[name], errors) for name in extra_names}
+    return RowColumns([i + 1 for i in good], keys, params, extra), invalid
+
+
+def _without(values, errors: dict) -> list:
+    return list(values) if not errors else [v for i, v in enumerate(values) if i not in errors]
+
+
+def _keys(ids: list) -> tuple[list[str], dict[int, list[str]]]:
+    """Each row's key (its id, or `row-000001` from its position) and the problems of bad or repeated ids."""
+    keys, errors, seen = [], {}, {}
+    for position, value in enumerate(ids):
+        number = position + 1
+        key, problems = _row_key(value, number)
+        folded = key.casefold()
+        if folded in seen:
+            problems.append(f"column 'id': value {key!r} is also used by row {seen[folded]}; ids must be "
+                            "unique (compared ignoring case, as some file systems do)")  # fmt: skip
             key = f"row-{number:06d}"  # the duplicate is invalid; its record needs a key of its own
             while key.casefold() in seen:
                 key += "_"
-        seen[key.casefold()] = number
-        values, cell_errors = _parse_cells(record, defaults)
-        errors += cell_errors
-        if errors:
-            where = f"{path}: row {number}"
-            invalid.append(InvalidRow(number, key, tuple(f"{where}, {e}" for e in errors), record))
-            continue
-        if values["seed"] is None:
-            values["seed"] = derive_seed(defaults.seed, key)
-        extra = {c: v for c, v in record.items() if c != "id" and c not in values}
-        rows.append(Row(number=number, key=key, extra=extra, **values))
-    return rows, invalid
+            folded = key.casefold()
+        seen[folded] = number
+        keys.append(key)
+        if problems:
+            errors[position] = problems
+    return keys, errors
 
 
-def _row_key(record: dict, number: int) -> tuple[str, list[str]]:
-    value = record.get("id")
+def _row_key(value, number: int) -> tuple[str, list[str]]:
+    if type(value) is str and ID_PATTERN.fullmatch(value) and not value.endswith("."):
+        return value, []
     if missing(value):
         return f"row-{number:06d}", []
     if isinstance(value, int) and not isinstance(value, bool):
@@ -153,19 +218,3 @@ def _row_key(record: dict, number: int) -> tuple[str, list[str]]:
             "starting with a letter or digit (no '/', '\\', spaces or leading dots)"
         ]
     return value, []
-
-
-def _parse_cells(record: dict, d: Defaults) -> tuple[dict[str, Any], list[str]]:
-    values, errors = {}, []
-    for column, (parse, default) in column_rules(d).items():
-        raw = record.get(column)
-        try:
-            if not missing(raw):
-                values[column] = parse(raw)
-            elif column == "prompt" and default is None:
-                raise CellError("is empty; every row needs a prompt (or pass --allow-empty-prompt)")
-            else:
-                values[column] = default
-        except CellError as exc:
-            errors.append(f"column {column!r}: value {show(raw)} {exc}")
-    return values, errors
