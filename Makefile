@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 # CPU torch by default; a GPU machine sets e.g. TORCH_SPEC="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128"
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: install browser demo test test-gpu lint format bench bench-gpu clean
+.PHONY: install browser demo test test-gpu lint format bench bench-scale bench-gpu clean
 
 $(STAMP): pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
@@ -47,6 +47,10 @@ format: install
 # Benchmarks: CPU ratios on the tiny model (writes tests/bench/RESULTS.md); GPU runs only where CUDA is.
 bench: install browser
 	$(BIN)/python -m tests.bench.cpu
+
+# Dataset scale: synthetic finished folders of 10k, 100k and 1M rows (about 15 minutes, a few GB of disk).
+bench-scale: install
+	$(BIN)/python -m tests.bench.scale
 
 bench-gpu: install
 	$(BIN)/python -m tests.bench.gpu

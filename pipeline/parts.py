@@ -164,8 +164,11 @@ def _read_part(storage: Storage, name: str, data: bytes, schema: pa.Schema, colu
         context = json.loads(storage.read_bytes(f"{PARTS}/{name.removesuffix('.jsonl')}.context.json"))
     except FileNotFoundError:  # a log of an earlier version: whole records, context included
         return _legacy(data, schema, wanted)
-    table = _parse(data, schema)
-    produced = pc.not_equal(table.column("status"), "invalid")
+    if not wanted:
+        return _parse(data, schema)
+    parsed = _parse(data, schema if "status" in schema.names else schema.append(PART_SCHEMA.field("status")))
+    produced = pc.not_equal(parsed.column("status"), "invalid")  # invalid rows met no model
+    table = parsed.select(schema.names)
     first = pc.if_else(produced, 0, pa.scalar(None, pa.int32()))  # index into the one-value array, or null
     for field in wanted:
         table = table.append_column(field, pc.take(pa.array([context.get(field.name)], field.type), first))

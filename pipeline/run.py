@@ -129,7 +129,7 @@ def _plan(config: Config, table: Table, storage: Storage, process: Process, log:
     sources = resolve_sources(config.model, safety_checker=any(table.valid.params["enable_safety_checker"]))
     sources.raise_if_missing()
     identity = request_identity(config, sources)
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     batches = batch_positions(table.valid.signatures(), config.run.batch_size)
     if process.launched:  # the main process decides for all; the others take its answer
         pending = _pending(storage, table, identity, batches, config, verify) if process.is_main else None
@@ -152,6 +152,7 @@ def _plan(config: Config, table: Table, storage: Storage, process: Process, log:
     places = {keys[p]: url for p, url in pending.places.items()}
     job = Job(config, storage, process, log, own, todo, places, identity, sources, summary)
     job.spend("decide", time.perf_counter() - started)
+    job.spend("decide_cpu", time.process_time() - cpu)
     return job
 
 

@@ -48,3 +48,16 @@ def table(headers: list[str], rows: list[list]) -> str:
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def write_section(title: str, text: str) -> None:
+    """Put `text` (which starts with `## <title>`) into RESULTS.md, replacing that section if it is there."""
+    path = HERE / "RESULTS.md"
+    current = path.read_text() if path.exists() else "# Benchmark results\n"
+    start = current.find(f"\n## {title}")
+    if start < 0:
+        path.write_text(current.rstrip("\n") + "\n\n" + text.strip() + "\n")
+        return
+    end = current.find("\n## ", start + 1)
+    rest = current[end:] if end >= 0 else "\n"
+    path.write_text(current[:start] + "\n" + text.strip() + "\n" + rest)
