@@ -38,9 +38,10 @@ else
 	  || echo "note: chromium could not be installed; the browser tests will be skipped"; }
 endif
 
-# In parallel (one worker per CPU) and in random order (pytest-randomly prints the seed to rerun an order).
+# In parallel (one worker per CPU; each file on one worker, so its module fixtures are built once) and in
+# random order (pytest-randomly prints the seed that repeats an order).
 test: install browser
-	LAYERDIFFUSE_BROWSER_TESTS=$(BROWSER) $(BIN)/pytest -n auto
+	LAYERDIFFUSE_BROWSER_TESTS=$(BROWSER) $(BIN)/pytest -n auto --dist loadfile
 
 # Opt-in markers (left out of the default run by pyproject's addopts; a later -m replaces that one).
 test-gpu: install

@@ -18,6 +18,10 @@ os.environ.update(
         "LAYERDIFFUSE_CACHE": os.path.join(_SCRATCH, "layerdiffuse-cache"),  # weight-hash cache (fingerprint.py)
     }
 )
+if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1:
+    # Parallel workers share the CPUs: each gets its share of torch threads (more would only contend).
+    _cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, _cpus // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))))
 
 import json  # noqa: E402
 from dataclasses import replace  # noqa: E402
