@@ -143,7 +143,7 @@ def apply_speed_options(pipe, decoder: TransparentVAEDecoder, config: ModelConfi
 
 
 def _vae_dtype(vae, dtype: torch.dtype) -> torch.dtype:
-    # The stock SDXL VAE overflows in fp16 (SPEC §4.6); it runs in fp32 unless it says it need not.
+    # The stock SDXL VAE overflows in fp16 (docs/layerdiffuse.md §5); it runs in fp32 unless it says it need not.
     if dtype == torch.float16 and getattr(vae.config, "force_upcast", False):
         return torch.float32
     return dtype
