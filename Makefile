@@ -11,11 +11,7 @@ TORCH_SPEC ?= torch==2.13.0
 # BROWSER=0: neither install Chromium nor run the browser tests (they skip and say why).
 BROWSER ?= 1
 
-<<<<<<< HEAD
-.PHONY: install browser demo test test-gpu lint format bench bench-scale bench-gpu clean
-=======
-.PHONY: install browser demo test test-gpu test-slow lint format bench bench-gpu clean
->>>>>>> wip-fixtures
+.PHONY: install browser demo test test-gpu test-slow lint format bench bench-scale bench-gpu clean
 
 $(STAMP): pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
