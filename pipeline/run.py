@@ -115,6 +115,7 @@ def generate(config: Config, input_path: Path, out: str | Path, shard=None, log:
             if job.batches:
                 _render(job, part, stop)
         _merge(job, table)
+        fault_point("merged")
         job.summary.seconds = time.perf_counter() - started
         _write_statistics(job, table, input_path, part.stem)
     log.event("summary", **job.summary.counts(), out=str(storage))
@@ -140,7 +141,7 @@ def _plan(config: Config, table: Table, storage: Storage, process: Process, log:
     mine = my_share(range(len(batches)), process, pending=lambda i: any(p in pending.todo for p in batches[i]))
     process.wait_for_peers()  # every process has read the folder before any writes to it
     reports = process.is_main or not process.launched  # counts the rows it examined
-    summary = Summary(invalid=len(table.invalid) if process.is_main else 0, launched=process.launched,
+    summary = Summary(invalid=len(table.invalid), launched=process.launched,
                       skipped=pending.examined - len(pending.todo) if reports else 0)  # fmt: skip
     for row in table.invalid if process.is_main else ():
         log.event("invalid_row", row.error, id=row.key, row=row.number)
@@ -186,6 +187,7 @@ def _prepare_folder(job: Job, table: Table, part: PartWriter) -> None:
     if not job.process.is_main:
         return
     write_keys(storage, table.keys, list(table.valid.extra))
+    fault_point("keys_written")
     if table.invalid:
         state = folder_state(storage, ["id", "status", "error"])
         recorded = dict(zip(state.column("id").to_pylist(), state.column("error").to_pylist(), strict=True))
