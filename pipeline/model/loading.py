@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
@@ -13,7 +14,9 @@ from ..schedulers import SCHEDULERS
 from .decoder import TransparentVAEDecoder
 from .merge import load_safetensors, merge_layerdiffuse_weights
 from .safety import SafetyChecker, load_safety_checker
+from .single_file import load_single_file
 from .sources import ModelFilesMissing, ModelLoadError, Sources, ensure_tiny_model, resolve_sources
+from .vae import load_vae, vae_config_folder
 
 __all__ = ["LayerDiffuseModel", "ModelFilesMissing", "ModelLoadError", "load_model", "resolve_device"]
 
@@ -113,12 +116,10 @@ def _load_sdxl(config: ModelConfig, sources: Sources, dtype: torch.dtype):
     import diffusers
 
     extra = {}
-    if sources.vae:
-        extra["vae"] = diffusers.AutoencoderKL.from_pretrained(sources.vae, dtype=dtype)
-    if sources.base.endswith(".safetensors"):
-        if config.base_config:
-            extra["config"] = config.base_config
-        pipe = diffusers.StableDiffusionXLPipeline.from_single_file(sources.base, dtype=dtype, **extra)
+    if sources.vae:  # folder, hub id or single file (vae.py)
+        extra["vae"] = load_vae(sources.vae, dtype, vae_config_folder(sources.base, config.base_config))
+    if Path(sources.base).is_file():  # single-file checkpoint: refused unless SDXL, loaded offline (single_file.py)
+        pipe = load_single_file(sources.base, config.base_config, dtype, **extra)
     else:
         if config.variant:
             extra["variant"] = config.variant
