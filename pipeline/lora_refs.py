@@ -32,7 +32,7 @@ class LoraRef:
         """
         text = spec.strip()
         head, sep, tail = text.rpartition(":")
-        if sep and head.strip() and _NUMBER.fullmatch(tail.strip()):
+        if sep and _NUMBER.fullmatch(tail.strip()):
             source, weight = head.strip(), float(tail)
         else:
             source, weight = text, 1.0

@@ -50,7 +50,8 @@ class LoraAdapters:
         for lora in loras:  # the same file twice adds up: a LoRA's term is linear in its weight
             name = self.load(lora, keep)
             weights[name] = weights.get(name, 0.0) + lora.weight
-        active = tuple((name, weight) for name, weight in weights.items() if weight != 0)
+        # sorted: a set, whatever order it was written in, sums its terms in one order (the same low bits)
+        active = tuple(sorted((name, weight) for name, weight in weights.items() if weight != 0))
         if active == self.active and not self._changed:
             return
         if active:
@@ -75,8 +76,9 @@ class LoraAdapters:
     def _evict(self, keep: set[str]) -> None:
         spare = [sha for sha in self._names if sha not in keep]
         for sha in spare[: max(0, len(self._names) + 1 - self.max_loaded)]:
-            name = self._names.pop(sha)
-            self.pipe.delete_adapters([name])
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # PEFT notes that the active adapter changed: activate() resets it
+                self.pipe.delete_adapters([self._names.pop(sha)])
             self._changed = True
 
 

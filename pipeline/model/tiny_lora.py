@@ -56,6 +56,7 @@ def lora_targets(pipe):
         ("text_encoder_2", _TEXT_TARGETS),
     ):
         for name, module in getattr(pipe, component).named_modules():
+            name = name.removesuffix(".base_layer")  # a layer that already carries adapters
             if isinstance(module, (torch.nn.Linear, torch.nn.Conv2d)) and name.endswith(suffixes):
                 yield component, _text_model_name(component, name), module
 
