@@ -28,10 +28,15 @@ def load_vae(spec: str, dtype: torch.dtype, config_folder: str | os.PathLike):
     if not path.is_file():
         return AutoencoderKL.from_pretrained(spec, dtype=dtype)
     _require_vae_file(path)
-    vae = AutoencoderKL.from_single_file(
-        str(path), config=str(config_folder), subfolder="vae", local_files_only=True, dtype=dtype
-    )
-    _require_all_weights(vae, path)
+    try:
+        vae = AutoencoderKL.from_single_file(
+            str(path), config=str(config_folder), subfolder="vae", local_files_only=True, dtype=dtype
+        )
+    except Exception as exc:  # missing weights surface as meta-tensor errors, wrong shapes as size mismatches
+        raise _not_this_vae(path, f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}") from exc
+    empty = [name for name, p in vae.named_parameters() if p.is_meta]  # weights the file did not have
+    if empty:
+        raise _not_this_vae(path, f"it lacks {len(empty)} of the VAE's weights, e.g. {empty[0]}")
     return vae
 
 
@@ -55,12 +60,10 @@ def _require_vae_file(path: Path) -> None:
         )
 
 
-def _require_all_weights(vae, path: Path) -> None:
-    """diffusers leaves parameters it found no weights for on the meta device; that is a wrong file."""
+def _not_this_vae(path: Path, why: str):
     from .loading import ModelLoadError
 
-    empty = [name for name, p in vae.named_parameters() if p.is_meta]
-    if empty:
-        raise ModelLoadError(
-            f"VAE file {path} lacks {len(empty)} of the VAE's weights (e.g. {empty[0]}); it is not an SDXL VAE"
-        )
+    return ModelLoadError(
+        f"VAE file {path} does not fit the model's VAE configuration ({why}); needed: an SDXL VAE, "
+        "e.g. sdxl_vae.safetensors or the folder of madebyollin/sdxl-vae-fp16-fix"
+    )

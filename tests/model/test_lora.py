@@ -167,11 +167,11 @@ def test_loras_for_other_architectures_are_refused(tmp_path, lora_model, adapter
     with pytest.raises(LoraError, match=r"wide.safetensors \(a kohya-format LoRA with 1 layers\) does not fit"):
         adapters.activate([resolve_lora(LoraRef(str(wide)))])
     # names that land nowhere in SDXL: detected, not silently ignored
-    nowhere = write_tensors(
-        tmp_path / "nowhere.safetensors",
-        {"lora_unet_input_blocks_4_1_proj_in.lora_down.weight": (4, 32), "lora_unet_input_blocks_4_1_proj_in.lora_up.weight": (32, 4),
-         "lora_unet_input_blocks_4_1_no_such_layer.lora_down.weight": (4, 32), "lora_unet_input_blocks_4_1_no_such_layer.lora_up.weight": (32, 4)},
-    )  # fmt: skip
+    layers = ("lora_unet_input_blocks_4_1_proj_in", "lora_unet_input_blocks_4_1_no_such_layer")
+    shapes = {
+        f"{layer}.lora_{part}.weight": shape for layer in layers for part, shape in (("down", (4, 32)), ("up", (32, 4)))
+    }
+    nowhere = write_tensors(tmp_path / "nowhere.safetensors", shapes)
     with pytest.raises(LoraError, match="only 1 of its 2 layers match"):
         adapters.activate([resolve_lora(LoraRef(str(nowhere)))])
     assert render(lora_model, adapters).tobytes() == plain.tobytes()  # a refused LoRA leaves nothing behind

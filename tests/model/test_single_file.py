@@ -175,3 +175,47 @@ def test_single_file_of_a_model_is_hashed_like_automatic1111(tiny_model_dir):
     identity = model_identity(str(path))
     assert identity["sha256"] == digest and identity["model_hash"] == digest[:10]
     assert identity["base_config"] == "shipped SDXL base configuration"
+
+
+def test_full_size_single_file_layout_round_trips_through_diffusers_with_the_shipped_config():
+    """At full SDXL size on meta tensors (no memory): our layout is what diffusers' own converters expect,
+    it recognises it as SDXL base, and every tensor lands on a weight of the shipped configuration's model."""
+    from types import SimpleNamespace
+
+    from accelerate import init_empty_weights
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from diffusers.loaders import single_file_utils as convert
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    from pipeline.model.checkpoint import classify
+    from pipeline.model.safetensors_header import SafetensorsHeader, Tensor
+    from pipeline.model.sgm_checkpoint import CLIP_G_PREFIX, single_file_state_dict
+
+    folder = resolve_base_config(None)
+    with init_empty_weights():
+        pipe = SimpleNamespace(
+            unet=UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(folder, subfolder="unet")),
+            vae=AutoencoderKL.from_config(AutoencoderKL.load_config(folder, subfolder="vae")),
+            text_encoder=CLIPTextModel(CLIPTextConfig.from_pretrained(folder, subfolder="text_encoder")),
+            text_encoder_2=CLIPTextModelWithProjection(
+                CLIPTextConfig.from_pretrained(folder, subfolder="text_encoder_2")
+            ),
+        )
+    checkpoint = single_file_state_dict(pipe)
+    assert convert.infer_diffusers_model_type(checkpoint) == "xl_base"
+    header = SafetensorsHeader(
+        "sd_xl_base.safetensors", {k: Tensor("F16", tuple(v.shape)) for k, v in checkpoint.items()}
+    )
+    assert classify(header)[0] == "sdxl"
+
+    def shapes(state):
+        return {k.removeprefix("text_model."): tuple(v.shape) for k, v in state.items()}
+
+    converted = {
+        "unet": convert.convert_ldm_unet_checkpoint(checkpoint, pipe.unet.config),
+        "vae": convert.convert_ldm_vae_checkpoint(checkpoint, pipe.vae.config),
+        "text_encoder": convert.convert_ldm_clip_checkpoint(checkpoint),
+        "text_encoder_2": convert.convert_open_clip_checkpoint(pipe.text_encoder_2, checkpoint, prefix=CLIP_G_PREFIX),
+    }
+    for name, state in converted.items():
+        assert shapes(state) == shapes(getattr(pipe, name).state_dict()), name
