@@ -11,6 +11,7 @@ import torch
 
 from ..config import ModelConfig
 from ..schedulers import SCHEDULERS
+from .alignment import align_cpu_weights
 from .decoder import TransparentVAEDecoder
 from .merge import load_safetensors, merge_layerdiffuse_weights
 from .safety import SafetyChecker, load_safety_checker
@@ -79,6 +80,8 @@ def load_model(
         decoder = load_decoder(sources.decoder_weights)
     pipe.to(device)
     pipe.vae.to(_vae_dtype(pipe.vae, dtype))
+    if device.type == "cpu":  # results must not depend on which file the weights came from (alignment.py)
+        align_cpu_weights(pipe.unet, pipe.vae, pipe.text_encoder, pipe.text_encoder_2)
     decoder.to(device=device, dtype=dtype).eval()
     pipe.set_progress_bar_config(disable=True)
     apply_speed_options(pipe, decoder, config)
