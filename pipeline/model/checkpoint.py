@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from .safetensors_header import HeaderError, SafetensorsHeader, read_header
 from .sgm_checkpoint import CLIP_G_PREFIX, CLIP_L_PREFIX, UNET_PREFIX, VAE_PREFIX
+from .sources import ModelLoadError
 
 SDXL = "sdxl"
 UNET = UNET_PREFIX + "diffusion_model."
@@ -35,8 +36,6 @@ class CheckpointInfo:
 
 def inspect_checkpoint(path: str | os.PathLike) -> CheckpointInfo:
     """Classify a weight file from its header alone; unreadable files raise `ModelLoadError`."""
-    from .loading import ModelLoadError
-
     try:
         header = read_header(path)
     except HeaderError as exc:
@@ -49,8 +48,6 @@ def inspect_checkpoint(path: str | os.PathLike) -> CheckpointInfo:
 
 def require_sdxl_checkpoint(path: str | os.PathLike) -> CheckpointInfo:
     """`inspect_checkpoint`, raising `ModelLoadError` (found / needed / how to fix) unless it is SDXL."""
-    from .loading import ModelLoadError
-
     info = inspect_checkpoint(path)
     if not info.is_sdxl:
         raise ModelLoadError(f"{path} is {info.found}; needed: {NEEDED}.{_hint(info.kind)}")

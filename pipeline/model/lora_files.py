@@ -13,8 +13,8 @@ from pathlib import Path
 
 from ..lora_refs import LoraRef
 from .checkpoint import classify
-from .loading import ModelLoadError
 from .safetensors_header import HeaderError, SafetensorsHeader, read_header
+from .sources import ModelLoadError
 
 KOHYA_PREFIXES = ("lora_unet_", "lora_te1_", "lora_te2_", "lora_te_")
 PEFT_PREFIXES = ("unet.", "text_encoder.", "text_encoder_2.")

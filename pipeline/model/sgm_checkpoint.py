@@ -12,10 +12,12 @@ Civitai share:
 from __future__ import annotations
 
 import re
-
-import torch
+from typing import TYPE_CHECKING
 
 from .keys import sgm_key_map
+
+if TYPE_CHECKING:
+    import torch
 
 UNET_PREFIX = "model."  # + keys.py's `diffusion_model.` names
 VAE_PREFIX = "first_stage_model."
@@ -94,6 +96,8 @@ def openclip_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tenso
 
 
 def _openclip_layer(state: dict[str, torch.Tensor], i: int) -> dict[str, torch.Tensor]:
+    import torch
+
     ours, theirs = f"encoder.layers.{i}.", f"transformer.resblocks.{i}."
     out = {}
     for kind in ("weight", "bias"):

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from .checkpoint import require_sdxl_checkpoint
 from .sdxl_config import shipped_config_dir
+from .sources import ModelFilesMissing
 
 CONFIG_FILES = ("model_index.json", "unet/config.json", "vae/config.json", "text_encoder/config.json",
                 "text_encoder_2/config.json", "scheduler/scheduler_config.json")  # fmt: skip
@@ -36,8 +37,6 @@ def load_single_file(path: str | os.PathLike, base_config: str | None, dtype, **
 
 def resolve_base_config(spec: str | None) -> Path:
     """Local folder with the diffusers SDXL configuration: `spec` (folder or cached hub id), or the shipped one."""
-    from .loading import ModelFilesMissing
-
     if spec is None:
         return shipped_config_dir()
     folder = Path(spec).expanduser()
@@ -67,8 +66,6 @@ def _needed_files(folder: Path) -> list[str]:
 
 def _cached_hub_configs(repo_id: str) -> Path:
     from huggingface_hub import snapshot_download
-
-    from .loading import ModelFilesMissing
 
     try:
         return Path(snapshot_download(repo_id, allow_patterns=CONFIG_PATTERNS, local_files_only=True))

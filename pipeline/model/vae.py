@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from .checkpoint import inspect_checkpoint
+from .sources import ModelLoadError
 
 VAE_KINDS = ("vae", "sdxl")  # a VAE file, or a full SDXL checkpoint whose VAE is wanted
 
@@ -50,8 +51,6 @@ def vae_config_folder(base: str, base_config: str | None) -> str:
 
 
 def _require_vae_file(path: Path) -> None:
-    from .loading import ModelLoadError
-
     info = inspect_checkpoint(path)
     if info.kind not in VAE_KINDS:
         raise ModelLoadError(
@@ -61,8 +60,6 @@ def _require_vae_file(path: Path) -> None:
 
 
 def _not_this_vae(path: Path, why: str):
-    from .loading import ModelLoadError
-
     return ModelLoadError(
         f"VAE file {path} does not fit the model's VAE configuration ({why}); needed: an SDXL VAE, "
         "e.g. sdxl_vae.safetensors or the folder of madebyollin/sdxl-vae-fp16-fix"
