@@ -16,12 +16,13 @@ from collections import OrderedDict
 from collections.abc import Sequence
 
 from ..lora_refs import LoraRef, LoraSpecError, parse_lora_list
-from .lora_files import LoraError, LoraFileInfo, ResolvedLora, inspect_lora, resolve_lora
+from .lora_files import LoraError, LoraFileInfo, ResolvedLora, inspect_lora, lora_set_key, resolve_lora
 
 COMPONENTS = ("unet", "text_encoder", "text_encoder_2")
 
 __all__ = ["LoraAdapters", "LoraError", "LoraFileInfo", "LoraRef", "LoraSpecError", "ResolvedLora",
-           "count_adapter_layers", "inspect_lora", "parse_lora_list", "resolve_lora", "resolve_loras"]  # fmt: skip
+           "count_adapter_layers", "inspect_lora", "lora_set_key", "parse_lora_list", "resolve_lora",
+           "resolve_loras"]  # fmt: skip
 
 
 def resolve_loras(refs: Sequence[LoraRef]) -> tuple[ResolvedLora, ...]:

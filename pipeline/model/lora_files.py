@@ -67,6 +67,13 @@ class ResolvedLora:
         return {"sha256": self.sha256, "weight": self.weight}
 
 
+def lora_set_key(loras) -> tuple[tuple[str, float], ...]:
+    """One value per LoRA set, for batching rows and for the request hash: (sha256, weight) pairs, sorted,
+    so the order a set is written in does not matter. Weight 0 stays in: `x:0` is a different request
+    from no LoRA (even though it gives the same pixels)."""
+    return tuple(sorted((lora.sha256, float(lora.weight)) for lora in loras))
+
+
 def resolve_lora(ref: LoraRef) -> ResolvedLora:
     """Find the file (local path or folder, hub id in the Hugging Face cache), check its header, hash it."""
     from ..fingerprint import sha256_file

@@ -9,7 +9,7 @@ import pytest
 
 from pipeline.lora_refs import LoraRef, LoraSpecError, parse_lora_list
 from pipeline.model import generate_rgba, load_model
-from pipeline.model.lora import LoraAdapters, LoraError, count_adapter_layers, resolve_lora
+from pipeline.model.lora import LoraAdapters, LoraError, count_adapter_layers, lora_set_key, resolve_lora
 from pipeline.model.tiny_lora import build_tiny_lora, lora_targets
 from tests.model.files import KOHYA_LORA, Req, write_tensors
 
@@ -218,6 +218,13 @@ def test_identity_and_automatic1111_hashes(tmp_path, loras):
     assert other.identity != lora.identity
     assert lora_record(other)["a1111_hash"] == tensor_hash[:12]
     assert resolve_lora(LoraRef(str(path), 0.5)).identity != lora.identity
+
+
+def test_lora_set_key_ignores_order_and_keeps_zero_weights(loras):
+    a, b = (resolve_lora(LoraRef(str(loras[n]), w)) for n, w in (("kohya", 1.0), ("other", 0.5)))
+    zero = resolve_lora(LoraRef(str(loras["kohya"]), 0.0))
+    assert lora_set_key([a, b]) == lora_set_key([b, a]) != lora_set_key([a])
+    assert lora_set_key([zero]) != lora_set_key([]) == ()
 
 
 def test_tiny_lora_targets_the_unet_and_both_text_encoders(lora_model):
