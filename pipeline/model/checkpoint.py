@@ -15,6 +15,7 @@ from .sgm_checkpoint import CLIP_G_PREFIX, CLIP_L_PREFIX, UNET_PREFIX, VAE_PREFI
 from .sources import ModelLoadError
 
 SDXL = "sdxl"
+SDXL_WITHOUT_VAE = "sdxl-no-vae"
 UNET = UNET_PREFIX + "diffusion_model."
 NEEDED = (
     "an SDXL checkpoint as one .safetensors file (UNet `model.diffusion_model.*`, VAE `first_stage_model.*`, "
@@ -46,10 +47,11 @@ def inspect_checkpoint(path: str | os.PathLike) -> CheckpointInfo:
     return CheckpointInfo(str(path), kind, found)
 
 
-def require_sdxl_checkpoint(path: str | os.PathLike) -> CheckpointInfo:
-    """`inspect_checkpoint`, raising `ModelLoadError` (found / needed / how to fix) unless it is SDXL."""
+def require_sdxl_checkpoint(path: str | os.PathLike, vae_override: bool = False) -> CheckpointInfo:
+    """`inspect_checkpoint`, raising `ModelLoadError` (found / needed / how to fix) unless it is SDXL.
+    `vae_override`: a VAE is given separately, so a checkpoint without one will do."""
     info = inspect_checkpoint(path)
-    if not info.is_sdxl:
+    if not (info.is_sdxl or (vae_override and info.kind == SDXL_WITHOUT_VAE)):
         raise ModelLoadError(f"{path} is {info.found}; needed: {NEEDED}.{_hint(info.kind)}")
     return info
 
@@ -104,6 +106,8 @@ def _sdxl_kind(header: SafetensorsHeader, keys) -> tuple[str, str]:
     missing = [name for name, ok in (("the VAE", any(k.startswith(VAE_PREFIX) for k in keys)),
                                      ("the CLIP ViT-L text encoder", has_clip_l),
                                      ("the OpenCLIP bigG text encoder", has_clip_g)) if not ok]  # fmt: skip
+    if missing == ["the VAE"]:  # "no VAE" downloads: usable with a VAE given separately
+        return SDXL_WITHOUT_VAE, "an SDXL checkpoint without its VAE"
     if missing:
         return "sdxl-partial", f"an SDXL UNet without {' and '.join(missing)} (a UNet-only export)"
     return SDXL, "an SDXL checkpoint"
@@ -133,6 +137,7 @@ def _hint(kind: str) -> str:
         "lora": " Pass it with --lora (or the `loras` column), and an SDXL checkpoint as the model.",
         "vae": " Pass it as the VAE (--vae / model.vae), and an SDXL checkpoint as the model.",
         "layerdiffuse": " Point model.layerdiffuse (or model.unet_weights) at it instead.",
+        SDXL_WITHOUT_VAE: " Give a VAE with --vae (model.vae), e.g. madebyollin/sdxl-vae-fp16-fix.",
         "sdxl-partial": " Use the full checkpoint, or the diffusers folder of the model.",
         "unet-only": " Use the full checkpoint, or the diffusers folder of the model.",
     }

@@ -28,7 +28,7 @@ def load_single_file(path: str | os.PathLike, base_config: str | None, dtype, **
     the checkpoint's own. Anything but SDXL is refused from the header before a tensor is read."""
     import diffusers
 
-    require_sdxl_checkpoint(path)
+    require_sdxl_checkpoint(path, vae_override="vae" in components)
     config = resolve_base_config(base_config)
     return diffusers.StableDiffusionXLPipeline.from_single_file(
         str(path), config=str(config), local_files_only=True, dtype=dtype, add_watermarker=False, **components

@@ -37,6 +37,21 @@ def test_tiny_single_file_gives_the_same_pixels_as_the_diffusers_folder(tiny_mod
     assert model.pipe.unet.dtype == torch.float32 and model.pipe.watermark is None
 
 
+def test_checkpoint_without_vae_needs_a_vae_given_separately(tiny_model, tiny_config, tiny_model_dir, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    no_vae = tmp_path / "fine-tune-no-vae.safetensors"
+    state = load_file(tiny_model_dir / SINGLE_FILE)
+    save_file({k: v for k, v in state.items() if not k.startswith("first_stage_model.")}, no_vae)
+    single = replace(tiny_config.model, base=str(no_vae), base_config=str(tiny_model_dir / "sdxl"))
+    with pytest.raises(ModelLoadError, match="SDXL checkpoint without its VAE.*Give a VAE with --vae"):
+        load_model(single)
+    model = load_model(replace(single, vae=str(tiny_model_dir / "sdxl" / "vae")))
+    assert (
+        generate_rgba(model, ROWS[:1], tta=False).tobytes() == generate_rgba(tiny_model, ROWS[:1], tta=False).tobytes()
+    )
+
+
 def test_tiny_single_file_has_the_original_sdxl_layout(tiny_model_dir):
     path = tiny_model_dir / SINGLE_FILE
     with safe_open(str(path), "pt") as handle:
