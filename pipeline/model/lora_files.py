@@ -89,6 +89,8 @@ def inspect_lora(path: str | Path) -> LoraFileInfo:
         header = read_header(path)
     except HeaderError as exc:
         raise LoraError(f"LoRA file {exc}") from exc
+    except OSError as exc:
+        raise LoraError(f"cannot read LoRA file {path}: {exc.strerror or exc}") from exc
     keys = list(header.tensors)
     if not any(
         k.startswith(KOHYA_PREFIXES) or any(s in k for s in ("lora_A", "lora_B", "lora_down", ".lora.")) for k in keys
@@ -98,7 +100,8 @@ def inspect_lora(path: str | Path) -> LoraFileInfo:
     kohya = all(k.startswith(KOHYA_PREFIXES) for k in keys)
     modules = sum(1 for k in keys if k.endswith(DOWN_SUFFIXES))
     fmt = "kohya" if kohya else "peft"
-    return LoraFileInfo(fmt, modules, f"a {fmt}-format LoRA with {modules} layers{_base_model(header)}")
+    layers = f"{modules} layer{'' if modules == 1 else 's'}"
+    return LoraFileInfo(fmt, modules, f"a {fmt}-format LoRA with {layers}{_base_model(header)}")
 
 
 def _refuse_other_kinds(path, header: SafetensorsHeader, keys: list[str]) -> None:

@@ -164,7 +164,7 @@ def test_loras_for_other_architectures_are_refused(tmp_path, lora_model, adapter
         resolve_lora(LoraRef(str(sd15)))
     # SDXL names, other widths (a LoRA for a larger SDXL-like model): caught when loading
     wide = write_tensors(tmp_path / "wide.safetensors", {k: (v[0] * 2, v[1] * 2) for k, v in KOHYA_LORA.items()})
-    with pytest.raises(LoraError, match=r"wide.safetensors \(a kohya-format LoRA with 1 layers\) does not fit"):
+    with pytest.raises(LoraError, match=r"wide.safetensors \(a kohya-format LoRA with 1 layer\) does not fit"):
         adapters.activate([resolve_lora(LoraRef(str(wide)))])
     # names that land nowhere in SDXL: detected, not silently ignored
     layers = ("lora_unet_input_blocks_4_1_proj_in", "lora_unet_input_blocks_4_1_no_such_layer")
