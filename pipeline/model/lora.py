@@ -109,7 +109,8 @@ def count_adapter_layers(module, adapter_name: str) -> int:
 
 
 def _forget(pipe, name: str) -> None:
-    with contextlib.suppress(Exception):  # nothing, or only part, was loaded
+    with contextlib.suppress(Exception), warnings.catch_warnings():  # nothing, or only part, was loaded
+        warnings.simplefilter("ignore")  # PEFT notes the active adapter changed: the next activate() resets it
         pipe.delete_adapters([name])
 
 
