@@ -30,12 +30,5 @@ def in_shards(items: Iterable[T], size: int) -> Iterator[Iterator[T]]:
         yield itertools.chain([first], itertools.islice(items, size - 1))
 
 
-def in_lists(items: Iterable[T], size: int) -> Iterator[list[T]]:
-    """Consecutive lists of at most `size` items (small batches, e.g. one Parquet row group)."""
-    items = iter(items)
-    while chunk := list(itertools.islice(items, size)):
-        yield chunk
-
-
 def shard_name(index: int, suffix: str) -> str:
     return f"{PREFIX}-{index:06d}{suffix}"
