@@ -17,7 +17,7 @@ from .location import resolve
 MANIFEST = "manifest.parquet"
 BATCH_ROWS = 1024  # manifest rows decoded at a time
 READ_AHEAD = 8  # PNGs fetched concurrently: hides object-store latency, keeps memory at a few images
-PARQUET_BUFFER = 1 << 20  # read column chunks page by page, not a whole row group (up to 1M rows) at once
+PARQUET_BUFFER = 1 << 20  # with pre_buffer off: column chunks are read page by page, not a row group at once
 REDO = "run the same `layerdiffuse generate` command again on this folder: it redoes missing or damaged images"
 
 
@@ -64,7 +64,7 @@ def manifest_records(source: Source) -> Iterator[dict]:
     import pyarrow.parquet as pq
 
     with source.fs.open(source.path(MANIFEST), "rb") as handle:
-        manifest = pq.ParquetFile(handle, buffer_size=PARQUET_BUFFER)
+        manifest = pq.ParquetFile(handle, buffer_size=PARQUET_BUFFER, pre_buffer=False)
         for batch in manifest.iter_batches(batch_size=BATCH_ROWS):
             yield from batch.to_pylist()
 
