@@ -199,22 +199,33 @@ def test_parquet_loads_with_datasets_as_image_feature(run_dir, tmp_path, memory_
     assert raw["bytes"] == (run_dir / rows[0]["image"]["url"]).read_bytes()
 
 
-def test_a_damaged_image_stops_the_export_before_its_shard_appears(run_dir, tmp_path):
+@pytest.mark.parametrize("where", ["local", "memory"])
+def test_a_damaged_image_stops_the_export_before_its_shard_appears(run_dir, tmp_path, memory_root, where):
     damaged = tmp_path / "run"
     shutil.copytree(run_dir, damaged)
     victim = next(r for r in manifest(run_dir) if r["id"] == "x-1.2.3")
     path = damaged / victim["image"]["url"]
     path.write_bytes(path.read_bytes()[:-1] + b"!")
-    dest = tmp_path / "wds"
-    args = ["export", str(damaged), "--format", "webdataset", "--to", str(dest), "--shard-size", "2"]
+    dest = str(tmp_path / "wds") if where == "local" else f"{memory_root}/wds"
+    args = ["export", str(damaged), "--format", "webdataset", "--to", dest, "--shard-size", "2"]
     result = CliRunner().invoke(cli, args)
     assert result.exit_code == 2
     assert f"{victim['image']['url']} (manifest row {victim['row']}, id x-1.2.3)" in result.output
     assert "does not match the sha256" in result.output and "layerdiffuse generate" in result.output
     # hero.v2, a.b in shard 0 (complete); a_b, x-1.2.3 in shard 1: never published, no temporary left
-    assert sorted(os.listdir(dest)) == ["data-000000.tar"]
-    assert sorted(tar_members(dest / "data-000000.tar")) == ["a%2Eb.json", "a%2Eb.png", "hero%2Ev2.json",
-                                                             "hero%2Ev2.png"]  # fmt: skip
+    fs, root = fsspec.core.url_to_fs(dest)
+    assert [p.rsplit("/", 1)[1] for p in fs.find(root)] == ["data-000000.tar"]
+    local = tmp_path / "first.tar"
+    local.write_bytes(fs.cat_file(f"{root}/data-000000.tar"))
+    assert sorted(tar_members(local)) == ["a%2Eb.json", "a%2Eb.png", "hero%2Ev2.json", "hero%2Ev2.png"]
+
+
+def test_an_unwritable_dest_is_named_with_exit_code_6(run_dir, tmp_path):
+    (tmp_path / "a-file").write_text("not a folder")
+    dest = tmp_path / "a-file" / "export"
+    result = CliRunner().invoke(cli, ["export", str(run_dir), "--format", "parquet", "--to", str(dest)])
+    assert result.exit_code == 6
+    assert f"--to {dest}: cannot be used" in result.output
 
 
 def test_dest_must_be_empty_unless_overwrite(run_dir, tmp_path):
