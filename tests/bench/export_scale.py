@@ -47,10 +47,11 @@ def peak_rss(args: list[str]) -> tuple[float, float]:
         return seconds, int(peak.read().split()[1]) / 1024  # "VmHWM:  123456 kB"
 
 
-def measure(work: Path, rows: int, side: int, shard_size: int) -> list[list]:
+def measure(work: Path, rows: int, side: int, shard_size: int, formats=FORMATS) -> list[list]:
+    """One fabricated folder of `rows` rows exported in each format: a table row per format."""
     source = fabricate_output_folder(work / f"run-{rows}", rows, side=side)
     out = []
-    for fmt in FORMATS:
+    for fmt in formats:
         dest = work / f"{fmt}-{rows}"
         args = ["export", str(source), "--format", fmt, "--to", str(dest), "--shard-size", str(shard_size)]
         seconds, rss = peak_rss(args)
@@ -67,11 +68,12 @@ def main() -> None:
     parser.add_argument("--rows", type=int, nargs="+", default=[10_000, 100_000])
     parser.add_argument("--side", type=int, default=64, help="image side in pixels (noise: incompressible)")
     parser.add_argument("--shard-size", type=int, default=1000)
+    parser.add_argument("--formats", nargs="+", choices=FORMATS, default=FORMATS)
     parser.add_argument("--work", type=Path, help="scratch folder (default: a temporary one, removed)")
     args = parser.parse_args()
     _, baseline = peak_rss([])
     with tempfile.TemporaryDirectory(dir=args.work) as work:
-        rows = [line for count in args.rows for line in measure(Path(work), count, args.side, args.shard_size)]
+        rows = [line for n in args.rows for line in measure(Path(work), n, args.side, args.shard_size, args.formats)]
     print(f"imports alone: peak RSS {baseline:.0f} MiB\n")
     print(table(["format", "rows", "image", "seconds", "rows/s", "peak RSS (MiB)", "export size (MiB)"], rows))
 
