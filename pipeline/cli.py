@@ -300,5 +300,38 @@ def build_tiny(folder, seed):
     click.echo(build_tiny_model(folder, seed))
 
 
+@cli.command("export")
+@click.argument("source", metavar="DIR")
+@click.option("--format", "fmt", required=True, type=click.Choice(["webdataset", "imagefolder", "parquet"]),
+              help="tar shards, a Hugging Face imagefolder, or Parquet with Image columns.")  # fmt: skip
+@click.option("--to", "dest", required=True, metavar="DEST", help="Empty folder or fsspec URL (s3://, gs://, hf://).")
+@click.option("--shard-size", default=1000, show_default=True, type=click.IntRange(min=1),
+              help="Samples per tar / Parquet file, images per imagefolder subfolder.")  # fmt: skip
+@click.option("--include-flagged", is_flag=True, help="Also export flagged rows (transparent placeholder PNGs).")
+@click.option("--overwrite", is_flag=True, help="Delete what DEST holds first (otherwise it must be empty).")
+def export_command(source, fmt, dest, shard_size, include_flagged, overwrite):
+    """Export the images and manifest records of output folder DIR for training code.
+
+    Rows with status ok are exported; failed and invalid rows never, flagged rows only with
+    --include-flagged. DIR and DEST may be local paths or fsspec URLs; every file appears whole,
+    and DEST/export.json (counts and shards) is written last. Exit codes: 0 done, 2 DIR or a flag
+    is wrong (or DEST not empty), 6 DEST cannot be written.
+
+    \b
+    Examples:
+      layerdiffuse export outputs/demo --format webdataset --to exports/wds
+      layerdiffuse export outputs/demo --format parquet --to s3://bucket/sprites --shard-size 5000
+      layerdiffuse export outputs/demo --format imagefolder --to exports/hf --include-flagged
+    """
+    from .export import ExportError, export
+
+    try:
+        summary = export(source, dest, fmt, shard_size, include_flagged, overwrite)
+    except ExportError as exc:
+        raise ExitError(str(exc), exc.exit_code) from None
+    skipped = ", ".join(f"{count} {reason}" for reason, count in sorted(summary.skipped.items())) or "none"
+    click.echo(f"exported {summary.rows} rows as {fmt} to {dest} ({len(summary.files)} files; left out: {skipped})")
+
+
 def main():
     cli(prog_name="layerdiffuse")
