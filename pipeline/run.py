@@ -11,6 +11,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Protocol
 
 from .config import Config, as_dict
 from .determinism import plan_batches
@@ -67,6 +68,16 @@ class Summary:
         return ExitCode.ROWS if self.failed or self.invalid or self.unfinished_in_manifest else ExitCode.OK
 
 
+class Observer(Protocol):
+    """Watches a run from outside (pipeline/watch.py reports it to webhooks, pings and metrics)."""
+
+    def started(self, process: Process) -> None:
+        """The folder lock is held: the run is this folder's now (called on every process of a launch)."""
+
+    def planned(self, summary: Summary) -> None:
+        """The run's live summary, whose counts grow as rows finish."""
+
+
 @dataclass
 class Job:
     """What one process does, decided before anything is written."""
@@ -83,7 +94,8 @@ class Job:
     summary: Summary = field(default_factory=Summary)
 
 
-def generate(config: Config, input_path: Path, out_dir: Path, shard=None, log: Log | None = None) -> Summary:
+def generate(config: Config, input_path: Path, out_dir: Path, shard=None, log: Log | None = None,
+             observer: Observer | None = None) -> Summary:  # fmt: skip
     started = time.perf_counter()
     process = current_process(shard)
     log = log or Log(config.run.log_format)
@@ -97,7 +109,11 @@ def generate(config: Config, input_path: Path, out_dir: Path, shard=None, log: L
     out_dir.mkdir(parents=True, exist_ok=True)
     # 2. one run per folder; 3. plan; 4. render; 5. merge
     with _folder_lock(out_dir, process, shard):
+        if observer:
+            observer.started(process)
         job = _plan(config, table, out_dir, process, log)
+        if observer:
+            observer.planned(job.summary)
         fault_point("planned")
         with ManifestPart(_part_path(out_dir, process)) as part, _stop_on_signals(log) as stop:
             _prepare_folder(job, table, input_path, part)
