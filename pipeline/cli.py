@@ -21,6 +21,7 @@ FLAG_SECTIONS = {
     "run": ("batch_size", "limit", "max_failures", "overwrite", "strict", "safety_checker", "tta",
             "png_compress_level"),
 }  # fmt: skip
+NOTIFY_FLAGS = ("webhooks", "ping", "metrics_file", "metrics_interval")  # NotifyConfig's (docs/unattended.md)
 
 
 class ExitError(click.ClickException):
@@ -49,6 +50,27 @@ def _shard(ctx, param, value):
 
     try:
         return parse_shard(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+def _url(ctx, param, value):
+    """http(s) URLs only, checked before anything runs; the message never repeats the URL (it may hold a token)."""
+    from .notify import check_url
+
+    try:
+        for url in value if isinstance(value, tuple) else [value] if value is not None else []:
+            check_url(url, param.opts[0])
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+    return value
+
+
+def _metrics_file(ctx, param, value):
+    from .config import check_metrics_file
+
+    try:
+        return value if value is None else check_metrics_file(value, param.opts[0])
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from None
 
@@ -84,6 +106,14 @@ def _shard(ctx, param, value):
 @click.option("--shard", callback=_shard, metavar="I/N", help="Run only shard I of N (for job arrays).")
 @click.option("--log-format", type=click.Choice(LOG_FORMATS), help="json: one object per line for cron.")
 @click.option("--report", "make_report", is_flag=True, help="Write DIR/report.html and contact_sheet.png at the end.")
+@click.option("--notify", "webhooks", multiple=True, metavar="URL", callback=_url,
+              help="POST a JSON report to URL when the run ends (repeatable; signed with "
+                   "$LAYERDIFFUSE_WEBHOOK_SECRET when set).")  # fmt: skip
+@click.option("--ping", metavar="URL", callback=_url, help="Health check: URL/start, then URL on success or URL/fail.")
+@click.option("--metrics-file", metavar="PATH.prom", callback=_metrics_file,
+              help="Prometheus textfile (node_exporter), rewritten while running and at the end.")  # fmt: skip
+@click.option("--metrics-interval", type=click.FloatRange(min=0, min_open=True), metavar="SECONDS",
+              help="Seconds between rewrites of --metrics-file (default 15).")  # fmt: skip
 def generate(input_path, out_dir, config_path, shard, log_format, make_report, **flags):
     """Generate one RGBA PNG per row of INPUT (.csv, .parquet or .jsonl) into OUT/images/.
 
@@ -98,16 +128,24 @@ def generate(input_path, out_dir, config_path, shard, log_format, make_report, *
       layerdiffuse generate prompts.parquet --out out/ --batch-size 4 --log-format json
       accelerate launch --multi_gpu --num_processes 8 -m pipeline generate prompts.parquet --out out/
     """
-    from .logs import Log
+    from .watch import RunWatch, WatchedLog
 
-    log = Log(log_format or "text", rank=shard[0] if shard else 0)
+    log = WatchedLog(log_format or "text", rank=shard[0] if shard else 0)
+    watch = RunWatch(out_dir, shard, log)
+    with watch.reporting():  # once the run holds its folder, it reports how it ended, whatever ends it
+        _generate(watch, input_path, out_dir, config_path, shard, log_format, make_report, flags)
+
+
+def _generate(watch, input_path, out_dir, config_path, shard, log_format, make_report, flags):
+    log = watch.log
     try:
         config = _config(config_path, log_format)
         log.fmt = config.run.log_format
+        watch.configure(_notify_config(config_path, flags))
         flags["base"] = flags.pop("model")
         for section, names in FLAG_SECTIONS.items():
             config = config.with_overrides(section, **{name: flags[name] for name in names})
-        summary = _run_generate(config, input_path, out_dir, shard, log)
+        summary = _run_generate(config, input_path, out_dir, shard, log, watch)
     except ExitError as exc:
         log.event("error", exc.message, exit_code=exc.exit_code)
         sys.exit(exc.exit_code)
@@ -128,7 +166,14 @@ def generate(input_path, out_dir, config_path, shard, log_format, make_report, *
     sys.exit(summary.exit_code)
 
 
-def _run_generate(config: Config, input_path: Path, out_dir: Path, shard, log):
+def _notify_config(config_path, flags: dict):
+    from .config import load_notify
+
+    values = {name: flags.pop(name) for name in NOTIFY_FLAGS}
+    return load_notify(config_path).with_overrides(**values)
+
+
+def _run_generate(config: Config, input_path: Path, out_dir: Path, shard, log, observer=None):
     from . import run
     from .lock import FolderLocked
     from .model.sources import ModelLoadError
@@ -143,7 +188,7 @@ def _run_generate(config: Config, input_path: Path, out_dir: Path, shard, log):
         run.TooManyFailures: ExitCode.TOO_MANY_FAILURES,
     }
     try:
-        return run.generate(config, input_path, out_dir, shard=shard, log=log)
+        return run.generate(config, input_path, out_dir, shard=shard, log=log, observer=observer)
     except tuple(codes) as exc:
         raise ExitError(str(exc), next(code for kind, code in codes.items() if isinstance(exc, kind))) from None
 
