@@ -119,7 +119,7 @@ class RunWatch:
         from .metrics import MetricsSnapshot
         from .notify import SECRET_ENV, ping, post_webhooks
 
-        if not self._reports(code):
+        if not reports_end(self._process, self._summary, code):
             self._stop_metrics(None)  # the process that finishes the launch writes the final values
             return
         report = self.report(code)
@@ -137,11 +137,6 @@ class RunWatch:
         self.log.event("reported", report.summary_line(), run_id=report.run_id, status=report.status,
                        webhooks_delivered=sum(delivered))  # fmt: skip
 
-    def _reports(self, code: int) -> bool:
-        process, summary = self._process, self._summary
-        if not process.launched or (summary is not None and summary.manifest_written):
-            return True
-        return process.is_main and code != 0  # a share finished cleanly: the last process reports
 
     def report(self, code: int) -> RunReport:
         """The webhook document of the run ending now with exit code `code`."""
@@ -231,6 +226,14 @@ class RunWatch:
     def _ping_timing(self) -> dict:
         s = self.settings
         return {"timeout": s.timeout / 2, "retries": max(s.retries - 1, 0), "backoff": s.backoff / 2}
+
+
+def reports_end(process: Process, summary: Summary | None, exit_code: int) -> bool:
+    """Whether this process reports how the run ended: always, unless it is one process of a launch that
+    neither wrote the merged manifest nor is rank 0 ending with an error or interruption."""
+    if not process.launched or (summary is not None and summary.manifest_written):
+        return True
+    return process.is_main and exit_code != 0  # a share finished cleanly: the last process reports
 
 
 def summary_counts(summary: Summary | None) -> RunCounts:
