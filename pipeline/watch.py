@@ -119,24 +119,20 @@ class RunWatch:
         from .metrics import MetricsSnapshot
         from .notify import SECRET_ENV, ping, post_webhooks
 
+        if self._start_ping is not None:
+            self._start_ping.join()  # the service must see start before success or fail
         if not reports_end(self._process, self._summary, code):
             self._stop_metrics(None)  # the process that finishes the launch writes the final values
             return
-        report = self.report(code)
+        report, settings = self.report(code), self.settings
         self._stop_metrics(MetricsSnapshot.from_report(report))
-        settings = self.settings
         if settings.ping:
-            if self._start_ping is not None:
-                self._start_ping.join()  # the service must see start before success or fail
             kind = "success" if code == 0 else "fail"
             ping(settings.ping, kind, body=report.summary_line().encode(), log=self.log.event, **self._ping_timing())
-        delivered = []
-        if settings.webhooks:
-            secret = os.environ.get(SECRET_ENV) or None
-            delivered = post_webhooks(settings.webhooks, report, secret, log=self.log.event, **self._webhook_timing())
+        secret = os.environ.get(SECRET_ENV) or None
+        delivered = post_webhooks(settings.webhooks, report, secret, log=self.log.event, **self._webhook_timing())
         self.log.event("reported", report.summary_line(), run_id=report.run_id, status=report.status,
                        webhooks_delivered=sum(delivered))  # fmt: skip
-
 
     def report(self, code: int) -> RunReport:
         """The webhook document of the run ending now with exit code `code`."""
