@@ -58,8 +58,9 @@ def _url(ctx, param, value):
     """http(s) URLs only, checked before anything runs; the message never repeats the URL (it may hold a token)."""
     from .notify import check_url
 
+    urls = value if isinstance(value, tuple) else () if value is None else (value,)  # --notify repeats
     try:
-        for url in value if isinstance(value, tuple) else [value] if value is not None else []:
+        for url in urls:
             check_url(url, param.opts[0])
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from None
@@ -126,6 +127,7 @@ def generate(input_path, out_dir, config_path, shard, log_format, make_report, *
     Examples:
       layerdiffuse generate data/prompts.csv --config configs/tiny.yaml --out outputs/demo
       layerdiffuse generate prompts.parquet --out out/ --batch-size 4 --log-format json
+      layerdiffuse generate t.parquet --out out/ --notify "$HOOK" --ping "$HC" --metrics-file nightly.prom
       accelerate launch --multi_gpu --num_processes 8 -m pipeline generate prompts.parquet --out out/
     """
     from .watch import RunWatch, WatchedLog
