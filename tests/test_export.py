@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from pipeline.cli import cli
+from pipeline.schema import json_record
 from pipeline.config import as_dict
 from pipeline.export import export
 from pipeline.export.to_webdataset import sample_key
@@ -191,7 +192,7 @@ def test_parquet_loads_with_datasets_as_image_feature(run_dir, tmp_path, memory_
     assert [r["id"] for r in loaded] == [r["id"] for r in rows]
     for item, record in zip(loaded, rows, strict=True):
         expected = {k: v for k, v in record.items() if k != "image"}
-        assert {k: item[k] for k in expected} == expected  # every manifest column, nested ones included
+        assert json_record({k: item[k] for k in expected}) == expected  # every manifest column, nested ones too
         assert item["image"].mode == "RGBA"
         assert np.array_equal(np.asarray(item["image"]), source_pixels(run_dir, record))
     raw = loaded.cast_column("image", datasets.Image(decode=False))[0]["image"]

@@ -106,7 +106,7 @@ def test_the_readme_crontab_line_runs_on_the_tiny_model(receiver, tiny_config_fi
                             env={**clean, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"})  # fmt: skip
     log = events((tmp_path / "nightly.jsonl").read_text())
     assert result.returncode == 0, log[-3:]
-    assert sorted(p.name for p in (tmp_path / "out" / "images").iterdir()) == ["a.png", "b.png"]
+    assert sorted(p.name for p in (tmp_path / "out" / "images").rglob("*.png")) == ["a.png", "b.png"]
     [posted] = receiver.hits("/hooks/nightly")
     signature = "sha256=" + hmac.new(documented[SECRET_ENV].encode(), posted["body"], hashlib.sha256).hexdigest()
     assert posted["headers"]["X-Signature-SHA256"] == signature

@@ -25,6 +25,7 @@ from pipeline.config import NotifyConfig
 from pipeline.lock import FolderLock
 from pipeline.run import Summary
 from pipeline.sharding import Process
+from pipeline.storage import Storage
 from pipeline.watch import RunWatch, WatchedLog, manifest_outcomes, reports_end
 from tests.conftest import REPO
 from tests.test_notify import Receiver, closed_port_url
@@ -164,10 +165,10 @@ def test_outcomes_of_a_launch_come_from_the_merged_manifest(receiver, tiny_confi
     rows_csv = table(tmp_path, "a,one,1", "bad,broken,-1")
     assert generate(rows_csv, out, config, "--notify", receiver.on("/h")).exit_code == 3
     doc = json.loads(receiver.hits("/h")[0]["body"])
-    counts, failures = manifest_outcomes(out, since=doc["started_at"])
+    counts, failures = manifest_outcomes(Storage(out), since=doc["started_at"])
     assert counts.as_dict() == doc["counts"] == {"done": 1, "failed": 0, "flagged": 0, "skipped": 0, "invalid": 1}
     assert failures == [(f["key"], f["error"]) for f in doc["first_failures"]]
-    later, _ = manifest_outcomes(out, since=doc["finished_at"])
+    later, _ = manifest_outcomes(Storage(out), since=doc["finished_at"])
     assert later.as_dict() == {"done": 0, "failed": 0, "flagged": 0, "skipped": 1, "invalid": 1}
 
     rerun = generate(rows_csv, out, config, "--notify", receiver.on("/again"))  # nothing to do: no model load
@@ -183,7 +184,7 @@ def test_receivers_down_slow_or_failing_never_change_the_exit_code(receiver, tin
     result = generate(table(tmp_path, "a,one,1"), out, config, "--notify", down, "--notify", slow,
                       "--notify", failing, "--ping", closed_port_url("/hc"), "--metrics-file", str(prom))  # fmt: skip
     assert result.exit_code == 0, result.stderr
-    assert (out / "images" / "a.png").is_file() and (out / "manifest.parquet").is_file()
+    assert (out / "images" / "00000" / "a.png").is_file() and (out / "manifest.parquet").is_file()
     assert len(receiver.hits("/slow")) == 3 and len(receiver.hits("/err")) == 3  # 1 + FAST["retries"]
     log = events(result.stderr)
     failed = named(log, "webhook_failed")
@@ -219,7 +220,7 @@ def test_sigterm_reports_interrupted_and_metrics_are_written_while_running(recei
     [posted] = receiver.hits("/hook")
     doc = json.loads(posted["body"])
     assert verify(posted) and (doc["status"], doc["exit_code"], doc["manifest"]) == ("interrupted", 130, None)
-    assert 1 <= doc["counts"]["done"] < 4 and doc["counts"]["done"] == len(list((out / "images").glob("*.png")))
+    assert 1 <= doc["counts"]["done"] < 4 and doc["counts"]["done"] == len(list((out / "images").rglob("*.png")))
     assert paths(receiver) == ["/hc/start", "/hc/fail", "/hook"]
     after = metrics(prom)
     assert one(after["layerdiffuse_exit_code"]) == 130 and one(after["layerdiffuse_running"]) == 0

@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from ..records import STATUS_OK
+from ..records import Status
 from .errors import ExportError
 from .location import resolve
 
@@ -81,7 +81,7 @@ def selected(records: Iterable[dict], include_flagged: bool, skipped: Counter) -
 
 def skip_reason(record: dict, include_flagged: bool) -> str | None:
     """`failed` / `invalid` rows have no image; flagged rows have only a transparent placeholder."""
-    if record.get("status") != STATUS_OK:
+    if record.get("status") != Status.OK.value:
         return str(record.get("status") or "no status")
     if record.get("has_nsfw_concepts") and not include_flagged:
         return "flagged"

@@ -6,6 +6,7 @@ import json
 import string
 from collections.abc import Iterable
 
+from ..schema import json_record
 from .destination import Destination, new_file
 from .shards import OutputFile, in_shards, shard_name
 from .source import Sample
@@ -25,7 +26,7 @@ def sample_key(row_id: str) -> str:
 
 
 def tar_entry(sample: Sample) -> dict:
-    record = json.dumps(sample.record, ensure_ascii=False, default=str).encode("utf-8")
+    record = json.dumps(json_record(dict(sample.record)), ensure_ascii=False, default=str).encode("utf-8")
     return {"__key__": sample_key(sample.key), "png": sample.png, "json": record}
 
 
