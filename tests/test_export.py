@@ -22,11 +22,11 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from pipeline.cli import cli
-from pipeline.schema import json_record
 from pipeline.config import as_dict
 from pipeline.export import export
 from pipeline.export.to_webdataset import sample_key
 from pipeline.model.safety import build_tiny_safety_checker
+from pipeline.schema import json_record
 
 # 4 rows ok, 1 flagged by a checker that flags everything (the only row that asks for it), 1 invalid.
 # Ids with dots (webdataset keys), `a.b` beside `a_b`, and a passthrough column that `datasets` would
