@@ -42,6 +42,7 @@ def column_rules(defaults) -> dict[str, tuple[Callable[[Any], Any], Any]]:
         "width": (side, d.width),
         "height": (side, d.height),
         "enable_safety_checker": (boolean, d.enable_safety_checker),
+        "loras": (lora_list, ()),
     }
 
 
@@ -56,6 +57,7 @@ _FAST = {
     "width": lambda v: _plain_side(v),
     "height": lambda v: _plain_side(v),
     "enable_safety_checker": lambda v: v if type(v) is bool else _WORDS.get(v, _SLOW) if type(v) is str else _SLOW,
+    "loras": lambda v: () if v is None or v == "" else _SLOW,  # most rows of a table name no LoRA of their own
 }
 _WORDS = {**dict.fromkeys(TRUE_WORDS, True), **dict.fromkeys(FALSE_WORDS, False)}
 _DECIMAL = re.compile(r"[0-9]{1,15}(\.[0-9]{1,15})?")
@@ -175,6 +177,21 @@ def side(value) -> int:
         lower, upper = parsed - parsed % 64, parsed - parsed % 64 + 64
         raise CellError(f"is not a multiple of 64; the transparent decoder needs one (e.g. {lower or 64} or {upper})")
     return parsed
+
+
+def lora_list(value) -> tuple:
+    """A `loras` cell: `path:weight; path:weight` (or one per line), or a list of such references
+    (Parquet, JSON Lines). Whether the files exist is checked when the run plans, not here."""
+    from .lora_refs import LoraRef, LoraSpecError, parse_lora_list
+
+    try:
+        if isinstance(value, str):
+            return parse_lora_list(value)
+        if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
+            return tuple(LoraRef.parse(v) for v in value if v.strip())
+    except LoraSpecError as exc:
+        raise CellError(f"is no list of LoRAs: {exc}; write `path[:weight]; path[:weight]`") from None
+    raise CellError(f"is a {type(value).__name__}; write LoRAs as text: `path[:weight]; path[:weight]`")
 
 
 def boolean(value) -> bool:

@@ -15,7 +15,7 @@ from .schedulers import SCHEDULER_NAMES
 
 # Which config section each `generate` flag overrides.
 FLAG_SECTIONS = {
-    "model": ("base", "base_config", "vae", "injection", "scheduler", "vae_tiling", "device", "dtype"),
+    "model": ("base", "base_config", "vae", "loras", "injection", "scheduler", "vae_tiling", "device", "dtype"),
     "defaults": ("seed", "width", "height", "num_inference_steps", "guidance_scale", "negative_prompt",
                  "allow_empty_prompt"),
     "run": ("batch_size", "limit", "max_failures", "overwrite", "strict", "safety_checker", "tta",
@@ -67,6 +67,18 @@ def _url(ctx, param, value):
     return value
 
 
+def _loras(ctx, param, value):
+    """Each `--lora` reads as PATH_OR_HUB_ID[:WEIGHT] before anything runs (the files are the run's to find)."""
+    from .lora_refs import LoraRef, LoraSpecError
+
+    try:
+        for spec in value:
+            LoraRef.parse(spec)
+    except LoraSpecError as exc:
+        raise click.BadParameter(str(exc)) from None
+    return value
+
+
 def _metrics_file(ctx, param, value):
     from .config import check_metrics_file
 
@@ -83,6 +95,9 @@ def _metrics_file(ctx, param, value):
 @click.option("--model", help="SDXL base: hub id, diffusers folder or .safetensors file (overrides config).")
 @click.option("--base-config", help="Diffusers folder or hub id with the configs for a single-file --model.")
 @click.option("--vae", help="VAE override: hub id, diffusers folder or .safetensors file.")
+@click.option("--lora", "loras", multiple=True, metavar="PATH_OR_HUB_ID[:WEIGHT]", callback=_loras,
+              help="A LoRA for every row, weight 1 by default (repeatable; replaces model.loras; a row's "
+                   "`loras` column adds its own).")  # fmt: skip
 @click.option("--scheduler", type=click.Choice(SCHEDULER_NAMES), help="Sampler (default euler).")
 @click.option("--injection", type=click.Choice(INJECTIONS), help="LayerDiffuse UNet patch (default attn).")
 @click.option("--vae-tiling/--no-vae-tiling", default=None, help="Tiled VAE decode: less memory at large sizes.")
@@ -120,14 +135,15 @@ def generate(input_path, out_dir, config_path, shard, log_format, make_report, *
     """Generate one RGBA PNG per row of INPUT (.csv, .parquet or .jsonl) into OUT/images/.
 
     Table columns: prompt (required); optional id, seed, negative_prompt, guidance_scale,
-    num_inference_steps, width, height, enable_safety_checker; other columns are copied into the
-    manifest. Flags set defaults for rows that lack a value; a row's own value wins. Rerunning
-    skips rows that are done and redoes the rest.
+    num_inference_steps, width, height, enable_safety_checker, loras (`path:weight; path:weight`);
+    other columns are copied into the manifest. Flags set defaults for rows that lack a value; a
+    row's own value wins. Rerunning skips rows that are done and redoes the rest.
 
     \b
     Examples:
       layerdiffuse generate data/prompts.csv --config configs/tiny.yaml --out outputs/demo
       layerdiffuse generate prompts.parquet --out out/ --batch-size 4 --log-format json
+      layerdiffuse generate t.csv --out out/ --model juggernautXL.safetensors --lora pixel-art.safetensors:0.8
       layerdiffuse generate t.parquet --out out/ --notify "$HOOK" --ping "$HC" --metrics-file nightly.prom
       accelerate launch --multi_gpu --num_processes 8 -m pipeline generate prompts.parquet --out out/
     """
@@ -146,6 +162,7 @@ def _generate(watch, input_path, out_dir, config_path, shard, log_format, make_r
         log.fmt = config.run.log_format
         watch.configure(_notify_config(config_path, flags))
         flags["base"], verify = flags.pop("model"), flags.pop("verify")
+        flags["loras"] = flags["loras"] or None  # no --lora: the config file's
         for section, names in FLAG_SECTIONS.items():
             config = config.with_overrides(section, **{name: flags[name] for name in names})
         summary = _run_generate(config, input_path, out_dir, shard, log, verify, watch)

@@ -32,6 +32,7 @@ class ModelConfig:
     base_config: str | None = None  # diffusers folder / hub id with configs, for single-file checkpoints
     variant: str | None = None  # e.g. "fp16" for the hub's half-precision files
     vae: str | None = None  # optional VAE override, e.g. madebyollin/sdxl-vae-fp16-fix
+    loras: tuple[str, ...] = ()  # LoRAs for every row, `PATH_OR_HUB_ID[:WEIGHT]`; a row's `loras` cell adds its own
     layerdiffuse: str = LAYERDIFFUSE_REPO  # hub repo id or local folder holding the files below
     injection: str = "attn"  # attn | conv
     unet_weights: str | None = None  # file name in `layerdiffuse`, or a path; default by injection
@@ -202,7 +203,7 @@ def load_config(path: str | os.PathLike | None) -> Config:
     for name, cls in (("model", ModelConfig), ("defaults", Defaults), ("run", RunConfig)):
         kwargs[name] = _section(cls, data.get(name) or {}, f"{path}: {name}")
     config = Config(**kwargs)
-    config = replace(config, model=_resolve_paths(config.model, path.parent))
+    config = replace(config, model=_resolve_paths(_lora_tuple(config.model, path), path.parent))
     validate(config, source=str(path))
     return config
 
@@ -234,7 +235,30 @@ def _resolve_paths(model: ModelConfig, folder: Path) -> ModelConfig:
         value = getattr(model, name)
         if isinstance(value, str) and value.startswith(("./", "../")):
             changes[name] = str((folder / value).resolve())
+    changes["loras"] = tuple(_resolve_lora_path(spec, folder) for spec in model.loras)
     return replace(model, **changes)
+
+
+def _lora_tuple(model: ModelConfig, path: Path) -> ModelConfig:
+    """`model.loras` is a list in YAML (one reference written alone is a list of one)."""
+    loras = () if model.loras is None else model.loras
+    if isinstance(loras, str):
+        loras = [loras]
+    if not isinstance(loras, (list, tuple)) or not all(isinstance(spec, str) for spec in loras):
+        raise ConfigError(f"{path}: model.loras must be a list of PATH_OR_HUB_ID[:WEIGHT] texts, got {loras!r}")
+    return replace(model, loras=tuple(loras))
+
+
+def _resolve_lora_path(spec, folder: Path):
+    from .lora_refs import LoraRef, LoraSpecError
+
+    try:
+        source = LoraRef.parse(spec).source
+    except LoraSpecError:
+        return spec  # validate() reports it
+    if not source.startswith(("./", "../")):
+        return spec
+    return str((folder / source).resolve()) + spec.strip()[len(source) :]  # the weight as written
 
 
 def validate(config: Config, source: str) -> None:
@@ -259,7 +283,21 @@ def validate(config: Config, source: str) -> None:
     for ok, message in checks:
         if not ok:
             raise ConfigError(f"{source}: {message}")
+    check_loras(m.loras, source)
     check_defaults(d, source)
+
+
+def check_loras(specs, source: str) -> None:
+    """Every run LoRA reference reads as `PATH_OR_HUB_ID[:WEIGHT]` (finding the files is the run's job)."""
+    from .lora_refs import LoraRef, LoraSpecError
+
+    if not isinstance(specs, tuple) or not all(isinstance(spec, str) for spec in specs):
+        raise ConfigError(f"{source}: model.loras must be a list of PATH_OR_HUB_ID[:WEIGHT] texts, got {specs!r}")
+    for spec in specs:
+        try:
+            LoraRef.parse(spec)
+        except LoraSpecError as exc:
+            raise ConfigError(f"{source}: model.loras: {exc}") from None
 
 
 def check_defaults(d: Defaults, source: str) -> None:
@@ -282,4 +320,13 @@ def _is_number(value) -> bool:
 
 
 def as_dict(config: Config) -> dict:
-    return dataclasses.asdict(config)
+    """Plain values (tuples as lists), as YAML and JSON write them."""
+    return _plain(dataclasses.asdict(config))
+
+
+def _plain(value):
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value

@@ -13,6 +13,7 @@ import json
 import platform
 import socket
 from dataclasses import dataclass, fields
+from itertools import repeat
 from pathlib import Path
 
 from .config import Config, Defaults
@@ -26,6 +27,7 @@ REDO = {  # changing one redoes the rows it touches
     "model.base_config": "the configuration a single-file checkpoint is built with",
     "model.variant": "which weight files of a diffusers folder load (e.g. fp16)",
     "model.vae": "the VAE override's weights (by content)",
+    "model.loras": "the run's LoRAs (each file's content and weight; a row's own `loras` count alike)",
     "model.layerdiffuse": "where the LayerDiffuse files are (their content counts, not the place)",
     "model.unet_weights": "the LayerDiffuse UNet patch (by content)",
     "model.decoder_weights": "the transparent decoder (by content)",
@@ -74,16 +76,22 @@ class Identity:
         checked = json.dumps({"run": self.settings, "checker": self.checker}, sort_keys=True, default=str)
         return run, checked
 
-    def request_hash(self, row: Row) -> str:
-        return self.request_hashes([[value] for value in row.params().values()])[0]
+    def request_hash(self, row: Row, loras: str = "") -> str:
+        """`loras`: the key of the row's LoRA set (`LoraSet.key`)."""
+        return self.request_hashes([[value] for value in row.params().values()], [loras] if loras else None)[0]
 
-    def request_hashes(self, columns: list[list]) -> list[str]:
-        """One hash per row from its PARAM_COLUMNS values, column by column (a million rows in seconds)."""
+    def request_hashes(self, columns: list[list], loras: list[str] | None = None) -> list[str]:
+        """One hash per row from its PARAM_COLUMNS values, column by column (a million rows in seconds).
+
+        `loras`: per row, its LoRA set's key ("" for none), or None when no row has one. A row without LoRAs
+        hashes as it did before LoRAs existed, so their arrival redoes nothing."""
         prefixes = self._prefixes
+        rows = zip(*columns, strict=True)
+        tails = repeat("") if loras is None else ("\x1e" + key if key else "" for key in loras)
         hashes = []
-        for *params, checked in zip(*columns, strict=True):
+        for (*params, checked), tail in zip(rows, tails, strict=loras is not None):
             # Valid cells hold no control characters, so the unit separator keeps the fields apart.
-            text = prefixes[checked] + "\x1e" + "\x1f".join(map(str, params))
+            text = prefixes[checked] + "\x1e" + "\x1f".join(map(str, params)) + tail
             hashes.append(hashlib.sha256(text.encode()).hexdigest())
         return hashes
 
@@ -120,6 +128,21 @@ def model_label(config: Config) -> str:
     """Short model name for PNG metadata, e.g. `stable-diffusion-xl-base-1.0 + LayerDiffuse attn`."""
     base = config.model.base.rstrip("/").split("/")[-1]
     return f"{base} + LayerDiffuse {config.model.injection}"
+
+
+def weights_provenance(sources, base_config: str | None) -> dict:
+    """For the manifest's `model`: a single-file checkpoint's and VAE's SHA-256 and AUTOMATIC1111 hashes
+    (a folder or hub id is identified by its content in the request hash; it has no A1111 hash)."""
+    from .model.provenance import model_identity, vae_identity
+
+    record = {}
+    if Path(sources.base).is_file():
+        base = model_identity(sources.base, base_config)
+        record.update(base_config=base["base_config"], base_sha256=base["sha256"], model_hash=base["model_hash"])
+    if sources.vae and Path(sources.vae).is_file():
+        vae = vae_identity(sources.vae)
+        record.update(vae_sha256=vae["sha256"], vae_hash=vae["vae_hash"])
+    return record
 
 
 def environment(device, dtype, config: Config, world_size: int) -> dict:

@@ -8,8 +8,8 @@ from typing import Any, Union
 import numpy as np
 
 from .logs import utc_now
-from .records import PARAM_COLUMNS, Batch, InvalidRow, Row, Status
-from .schema import MANIFEST_FIELDS
+from .records import PARAM_COLUMNS, Batch, InvalidRow, LoraSet, Row, Status
+from .schema import LORA, MANIFEST_FIELDS
 
 
 @dataclass(frozen=True)
@@ -84,7 +84,7 @@ def manifest_record(
         return {**record, **_passthrough(row.values)}
     record.update(row.params(), request_hash=request_hash, finished_at=utc_now())
     if batch is not None:
-        record.update(batch_index=batch.index, batch_size=len(batch.rows))
+        record.update(batch_index=batch.index, batch_size=len(batch.rows), loras=lora_records(batch.loras))
     if provenance is not None:
         record.update(model=provenance.model, environment=provenance.environment, rank=provenance.rank)
     if isinstance(outcome, Failed):
@@ -97,8 +97,18 @@ def manifest_record(
     return {**record, **_passthrough(row.extra)}
 
 
+def lora_records(loras: LoraSet) -> list[dict] | None:
+    """The manifest's `loras` of a row: one entry per LoRA it ran with; null when they could not be used."""
+    if loras.error:
+        return None
+    from .model.provenance import lora_record
+
+    fields = [f.name for f in LORA]
+    return [{name: value for name, value in lora_record(lora).items() if name in fields} for lora in loras.loras]
+
+
 def _passthrough(values: dict) -> dict:
-    return {k: v for k, v in values.items() if k != "id" and k not in PARAM_COLUMNS}
+    return {k: v for k, v in values.items() if k not in ("id", "loras") and k not in PARAM_COLUMNS}
 
 
 def _cells(values: dict) -> dict:

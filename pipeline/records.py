@@ -17,8 +17,9 @@ PARAM_COLUMNS = (
     "height",
     "enable_safety_checker",
 )
-# Rows are denoised together only when they share these (one sampling call per batch).
-BATCH_FIELDS = ("width", "height", "num_inference_steps", "guidance_scale")
+# Rows are denoised together only when they share these (one sampling call per batch); `loras`: the row's
+# own `loras` cell as written (every row adds the run's LoRAs, so equal cells mean equal LoRA sets).
+BATCH_FIELDS = ("width", "height", "num_inference_steps", "guidance_scale", "loras")
 
 
 class Status(str, Enum):
@@ -47,6 +48,7 @@ class Row:
     height: int
     enable_safety_checker: bool
     extra: dict[str, Any] = field(default_factory=dict, compare=False)  # passthrough columns
+    loras: tuple = ()  # its own `loras` cell: `lora_refs.LoraRef`s (the run's LoRAs are added when planning)
 
     def params(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in PARAM_COLUMNS}
@@ -69,8 +71,22 @@ class InvalidRow:
 
 
 @dataclass(frozen=True)
+class LoraSet:
+    """The LoRAs a row runs with: the run's and its own, found and hashed (`ResolvedLora`s), or why they
+    cannot be used (`error`: its rows fail with it). `key`: their identity for the request hash ("" for none)."""
+
+    loras: tuple = ()
+    error: str | None = None
+    key: str = ""
+
+
+NO_LORAS = LoraSet()
+
+
+@dataclass(frozen=True)
 class Batch:
     """Rows denoised together; `index` orders batches the same way in every run of a table."""
 
     index: int
     rows: tuple[Row, ...]
+    loras: LoraSet = NO_LORAS  # every row of a batch has the same set

@@ -17,19 +17,20 @@ from .config import Config, as_dict
 from .determinism import batch_positions
 from .exits import ExitCode
 from .faults import fault_point
-from .identity import Identity, environment, model_label, request_identity
+from .identity import Identity, environment, model_label, request_identity, weights_provenance
 from .lock import lock_folder
 from .logs import Log, utc_now
+from .lora_sets import LoraSwitch, RowLoraSets, plan_lora_sets
 from .manifest import MANIFEST_JSONL, MANIFEST_PARQUET, STATE_COLUMNS, folder_state, merge, write_keys, write_run_info
 from .outcome import Failed, Flagged, Invalid, Outcome, Provenance, Rendered, Skipped, manifest_record
 from .parts import PartWriter, part_stem
 from .pending import decide
-from .records import PARAM_COLUMNS, Batch, Row
+from .records import NO_LORAS, PARAM_COLUMNS, Batch, Row
 from .schedulers import SCHEDULERS
 from .sharding import Process, candidates, current_process, my_share
 from .storage import Storage, remove_stale_temporaries
 from .table import Table, TableError, load_table
-from .writer import IMAGES, PngSettings, image_url, write_image
+from .writer import IMAGES, PngSettings, a1111_model_fields, image_url, write_image
 
 STATS = "stats"
 
@@ -97,6 +98,7 @@ class Job:
     sources: object  # model.sources.Sources, resolved once
     summary: Summary = field(default_factory=Summary)
     seconds: dict[str, float] = field(default_factory=dict)  # time per stage, for the run statistics
+    loras: RowLoraSets = field(default_factory=lambda: RowLoraSets(NO_LORAS))  # each row's LoRA set
 
     def spend(self, stage: str, seconds: float) -> None:
         self.seconds[stage] = self.seconds.get(stage, 0.0) + seconds
@@ -145,15 +147,17 @@ def _plan(config: Config, table: Table, storage: Storage, process: Process, log:
     ensure_tiny_model(config.model)
     sources = resolve_sources(config.model, safety_checker=any(table.valid.params["enable_safety_checker"]))
     sources.raise_if_missing()
+    _refuse_other_checkpoints(sources)
+    loras = plan_lora_sets(config.model.loras, table.valid.loras)  # a run LoRA that cannot be used: exit 4
     identity = request_identity(config, sources)
     started, cpu = time.perf_counter(), time.process_time()
     batches = batch_positions(table.valid.signatures(), config.run.batch_size)
     if process.launched:  # the main process decides for all; the others take its answer
-        pending = _pending(storage, table, identity, batches, config, verify) if process.is_main else None
+        pending = _pending(storage, table, identity, batches, config, verify, loras) if process.is_main else None
         pending = process.share_from_main(pending)
     else:  # alone, or a shard job that looks at its own slice only
         pending = _pending(storage, table, identity, [batches[i] for i in candidates(len(batches), process)],
-                           config, verify)  # fmt: skip
+                           config, verify, loras)  # fmt: skip
     mine = my_share(range(len(batches)), process, pending=lambda i: any(p in pending.todo for p in batches[i]))
     process.wait_for_peers()  # every process has read the folder before any writes to it
     reports = process.is_main or not process.launched  # counts the rows it examined
@@ -164,10 +168,10 @@ def _plan(config: Config, table: Table, storage: Storage, process: Process, log:
     log.event("plan", input=str(table.path), rows=table.total, invalid=len(table.invalid),
               to_do=len(pending.todo), batches=len(mine), world_size=process.world_size)  # fmt: skip
     keys = table.valid.keys
-    own = [Batch(i, tuple(table.valid.row(p) for p in batches[i])) for i in mine]
+    own = [Batch(i, tuple(table.valid.row(p) for p in batches[i]), loras.of(batches[i][0])) for i in mine]
     todo = {keys[p] for i in mine for p in batches[i] if p in pending.todo}
     places = {keys[p]: url for p, url in pending.places.items()}
-    job = Job(config, storage, process, log, own, todo, places, identity, sources, summary)
+    job = Job(config, storage, process, log, own, todo, places, identity, sources, summary, loras=loras)
     job.spend("decide", time.perf_counter() - started)
     job.spend("decide_cpu", time.process_time() - cpu)
     return job
@@ -180,12 +184,22 @@ class Pending:
     examined: int  # rows looked at
 
 
+def _refuse_other_checkpoints(sources) -> None:
+    """A single-file base is judged from its header before any row (and before it is hashed): SD 1.x/2.x,
+    SD 3, FLUX, a LoRA or a truncated download stops the run with what was found (exit 4)."""
+    if Path(sources.base).is_file():
+        from .model.checkpoint import require_sdxl_checkpoint
+
+        require_sdxl_checkpoint(sources.base, vae_override=sources.vae is not None)
+
+
 def _pending(storage: Storage, table: Table, identity: Identity, batches: list[list[int]], config: Config,
-             verify: bool) -> Pending:  # fmt: skip
+             verify: bool, loras: RowLoraSets) -> Pending:  # fmt: skip
     positions = [p for batch in batches for p in batch]
     valid = table.valid
     keys = [valid.keys[p] for p in positions]
-    hashes = identity.request_hashes([[valid.params[c][p] for p in positions] for c in PARAM_COLUMNS])
+    columns = [[valid.params[c][p] for p in positions] for c in PARAM_COLUMNS]
+    hashes = identity.request_hashes(columns, loras.hash_keys(positions))
     decision = decide(storage, keys, folder_state(storage, STATE_COLUMNS), hashes, verify)
     redo = config.run.overwrite
     todo = {p for p, done in zip(positions, decision.done, strict=True) if redo or not done}
@@ -213,20 +227,29 @@ def _prepare_folder(job: Job, table: Table, part: PartWriter) -> None:
 
 
 def _render(job: Job, part: PartWriter, stop: threading.Event) -> None:
-    from .model import load_model, resolve_device
+    if all(batch.loras.error for batch in job.batches):  # only rows whose own LoRAs cannot be used: no model
+        for batch in job.batches:
+            for row in batch.rows:
+                if row.key in job.todo:
+                    _record_failure(job, part, row, batch, Failed(batch.loras.error), Provenance())
+        return
+    from .model import LoraAdapters, load_model, resolve_device
 
     config, log = job.config, job.log
     started = time.perf_counter()
     needs_checker = any(r.enable_safety_checker for b in job.batches for r in b.rows if r.key in job.todo)
     device = resolve_device(config.model.device, job.process.local_rank)
     model = load_model(config.model, device, safety_checker=needs_checker, sources=job.sources)
+    switch = LoraSwitch(LoraAdapters(model.pipe), job.loras.run)  # the run's LoRAs must fit: exit 4 if not
     log.event("model_loaded", seconds=round(time.perf_counter() - started, 2), device=str(model.device))
     job.spend("load_model", time.perf_counter() - started)
     fault_point("model_loaded")
     env = environment(model.device, model.dtype, config, job.process.world_size)
-    provenance = Provenance(model.identity, env, job.process.rank)
+    weights = {**model.identity, **weights_provenance(job.sources, config.model.base_config)}
+    provenance = Provenance(weights, env, job.process.rank)
     part.set_context(provenance.model, provenance.environment, provenance.rank)
-    png = PngSettings(model_label(config), SCHEDULERS[config.model.scheduler], config.run.png_compress_level)
+    png = PngSettings(model_label(config), SCHEDULERS[config.model.scheduler], config.run.png_compress_level,
+                      a1111_model_fields(job.sources, model_label(config)))  # fmt: skip
     writes: list[Future] = []
     with _writer(model.device) as writer, log.progress(len(job.todo)) as advance:
         for batch in job.batches:
@@ -235,7 +258,7 @@ def _render(job: Job, part: PartWriter, stop: threading.Event) -> None:
                 log.event("interrupted", "stopped after the last finished batch; rerun to continue")
                 break
             started = time.perf_counter()
-            outcomes = _generate_batch(model, batch, job)
+            outcomes = _generate_batch(model, batch, job, switch)
             job.spend("generate", time.perf_counter() - started)
             fault_point("batch_generated")
             share = round((time.perf_counter() - started) / len(batch.rows), 4)
@@ -279,8 +302,9 @@ class InlineExecutor(Executor):
         return future
 
 
-def _generate_batch(model, batch: Batch, job: Job) -> list[Outcome]:
-    """One outcome per row (batch-mates that are done are `Skipped`); a failed batch is retried row by row."""
+def _generate_batch(model, batch: Batch, job: Job, switch: LoraSwitch) -> list[Outcome]:
+    """One outcome per row (batch-mates that are done are `Skipped`); a failed batch is retried row by row.
+    The batch's LoRA set is made the active one first; a set that cannot be used fails the batch's rows."""
     from .model import free_memory, generate_rgba, screen
 
     config = job.config
@@ -295,15 +319,16 @@ def _generate_batch(model, batch: Batch, job: Job) -> list[Outcome]:
             free_memory(model)
             return [Failed(f"{type(exc).__name__}: {exc}")] * len(rows)
 
-    outcomes = attempt(batch.rows)
-    if len(batch.rows) > 1 and isinstance(outcomes[0], Failed):
+    refused = switch.use(batch.loras)
+    outcomes = [Failed(refused)] * len(batch.rows) if refused else attempt(batch.rows)
+    if len(batch.rows) > 1 and isinstance(outcomes[0], Failed) and not refused:
         job.log.event("batch_retry", outcomes[0].error, batch=batch.index, rows=len(batch.rows))
         outcomes = [attempt([row])[0] for row in batch.rows]
     return [o if row.key in job.todo else Skipped() for row, o in zip(batch.rows, outcomes, strict=True)]
 
 
 def _record_failure(job: Job, part: PartWriter, row: Row, batch: Batch, outcome: Failed, provenance) -> None:
-    request = job.identity.request_hash(row)
+    request = job.identity.request_hash(row, batch.loras.key)
     part.append(manifest_record(row, outcome, request_hash=request, batch=batch, provenance=provenance))
     job.summary.failed += 1
     job.log.event("row_failed", outcome.error, id=row.key, row=row.number)
@@ -314,12 +339,13 @@ def _record_failure(job: Job, part: PartWriter, row: Row, batch: Batch, outcome:
 
 def _write_row(job: Job, part, row: Row, batch: Batch, outcome, share: float, provenance, png: PngSettings) -> None:
     url = job.places.get(row.key) or image_url(row, job.config.run.images_per_folder)
-    written = write_image(job.storage, url, row, outcome.rgba, png)
+    written = write_image(job.storage, url, row, outcome.rgba, png, batch.loras.loras)
     job.spend("encode", written.encode_seconds)
     job.spend("write", written.write_seconds - written.encode_seconds)
     fault_point("png_in_place")
-    part.append(manifest_record(row, outcome, request_hash=job.identity.request_hash(row), batch=batch,
-                                provenance=provenance, written=written, generation_seconds=share))  # fmt: skip
+    request = job.identity.request_hash(row, batch.loras.key)
+    part.append(manifest_record(row, outcome, request_hash=request, batch=batch, provenance=provenance,
+                                written=written, generation_seconds=share))  # fmt: skip
 
 
 def _merge(job: Job, table: Table) -> None:

@@ -14,7 +14,7 @@ import pyarrow as pa
 
 from .records import PARAM_COLUMNS
 
-VERSION = "2"
+VERSION = "3"  # 3: per-row `loras`; checkpoint and VAE identities in `model`
 IMAGE = pa.struct(
     [("url", pa.string()), ("content_type", pa.string()), ("file_name", pa.string()), ("file_size", pa.int64()),
      ("width", pa.int32()), ("height", pa.int32())]
@@ -23,7 +23,12 @@ MODEL = pa.struct(
     [(name, pa.string()) for name in ("base", "vae", "unet_weights", "decoder_weights", "injection")]
     + [("strength", pa.float64())]
     + [(name, pa.string()) for name in ("scheduler", "dtype", "vae_dtype", "safety_checker")]
+    # single-file checkpoint and VAE: SHA-256 and AUTOMATIC1111's short hash (null for folders and hub ids)
+    + [(name, pa.string()) for name in ("base_config", "base_sha256", "model_hash", "vae_sha256", "vae_hash")]
 )
+# One entry per LoRA a row ran with (the run's and its own): what the user wrote, the content, AUTOMATIC1111's hash.
+LORA = pa.struct([("name", pa.string()), ("source", pa.string()), ("weight", pa.float64()), ("sha256", pa.string()),
+                  ("a1111_hash", pa.string())])  # fmt: skip
 ENVIRONMENT = pa.struct(
     [(name, pa.string()) for name in ("python", "torch", "diffusers", "transformers", "accelerate", "device",
                                       "device_name", "dtype")]
@@ -43,6 +48,7 @@ PARAMS = [
 SCHEMA = pa.schema(
     [("id", pa.string()), ("row", pa.int64()), ("status", pa.string()), ("error", pa.string())]
     + PARAMS
+    + [("loras", pa.list_(LORA))]
     + [("has_nsfw_concepts", pa.bool_()), ("image", IMAGE), ("sha256", pa.string()), ("request_hash", pa.string()),
        ("batch_index", pa.int64()), ("batch_size", pa.int32()), ("generation_seconds", pa.float64()),
        ("write_seconds", pa.float64()), ("finished_at", pa.timestamp("ms", tz="UTC")), ("rank", pa.int32()),
@@ -55,7 +61,7 @@ CONTEXT_FIELDS = ("model", "environment", "rank")  # the same for every record o
 PART_SCHEMA = pa.schema([f for f in SCHEMA if f.name not in CONTEXT_FIELDS] + [pa.field("extra", pa.string())])
 assert tuple(name for name, _ in PARAMS) == PARAM_COLUMNS
 # Table columns that would clash with a manifest field (the parameters and `id` are the table's own).
-RESERVED_COLUMNS = frozenset(MANIFEST_FIELDS) - {"id", *PARAM_COLUMNS}
+RESERVED_COLUMNS = frozenset(MANIFEST_FIELDS) - {"id", "loras", *PARAM_COLUMNS}
 
 
 def to_arrow(records: list[dict], passthrough: list[str] | None = None) -> pa.Table:

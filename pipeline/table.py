@@ -18,6 +18,7 @@ from .records import BATCH_FIELDS, PARAM_COLUMNS, InvalidRow, Row
 from .schema import RESERVED_COLUMNS
 
 ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+LORAS = "loras"  # the optional per-row LoRA column (`path:weight; path:weight`)
 SUFFIXES = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet", ".jsonl": "jsonl", ".ndjson": "jsonl"}
 
 
@@ -33,6 +34,7 @@ class RowColumns:
     keys: list[str]
     params: dict[str, list]  # every PARAM_COLUMNS entry, resolved
     extra: dict[str, list]  # passthrough columns, as read
+    loras: list[tuple] | None = None  # the `loras` column as LoraRef tuples; None: the table has none
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -40,11 +42,17 @@ class RowColumns:
     def row(self, i: int) -> Row:
         params = {name: values[i] for name, values in self.params.items()}
         extra = {name: values[i] for name, values in self.extra.items()}
-        return Row(number=self.numbers[i], key=self.keys[i], extra=extra, **params)
+        loras = self.loras[i] if self.loras is not None else ()
+        return Row(number=self.numbers[i], key=self.keys[i], extra=extra, loras=loras, **params)
 
     def signatures(self) -> list[tuple]:
         """Per row, the fields that decide which rows batch together."""
-        return list(zip(*(self.params[name] for name in BATCH_FIELDS), strict=True))
+        return list(zip(*(self._column(name) for name in BATCH_FIELDS), strict=True))
+
+    def _column(self, name: str) -> list:
+        if name == "loras":
+            return self.loras if self.loras is not None else [()] * len(self)
+        return self.params[name]
 
 
 @dataclass(frozen=True)
@@ -164,7 +172,12 @@ def validate_columns(path: Path, names: list[str], columns: dict[str, list], def
                 errors.setdefault(position, []).append(message)
         else:
             params[name] = parse_column(name, [None], defaults)[0] * count  # the default, shared
-    extra_names = [n for n in names if n != "id" and n not in PARAM_COLUMNS]
+    loras = None
+    if LORAS in columns:  # only a table with the column pays for it
+        loras, cell_errors = parse_column(LORAS, columns[LORAS], defaults)
+        for position, message in cell_errors.items():
+            errors.setdefault(position, []).append(message)
+    extra_names = [n for n in names if n not in ("id", LORAS) and n not in PARAM_COLUMNS]
     invalid = [
         InvalidRow(i + 1, keys[i], tuple(f"{path}: row {i + 1}, {e}" for e in errors[i]),
                    {n: columns[n][i] for n in names})
@@ -176,7 +189,8 @@ def validate_columns(path: Path, names: list[str], columns: dict[str, list], def
     seeds = zip(params["seed"], keys, strict=True)
     params["seed"] = [derive_seed(defaults.seed, key) if seed is None else seed for seed, key in seeds]
     extra = {name: _without(columns[name], errors) for name in extra_names}
-    return RowColumns([i + 1 for i in good], keys, params, extra), invalid
+    loras = None if loras is None else _without(loras, errors)
+    return RowColumns([i + 1 for i in good], keys, params, extra, loras), invalid
 
 
 def _without(values, errors: dict) -> list:

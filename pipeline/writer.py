@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from PIL import Image, PngImagePlugin
@@ -24,13 +25,33 @@ class PngSettings:
     model: str  # short model label
     scheduler: Scheduler
     compress_level: int = 6
+    # AUTOMATIC1111's `Model hash`, `Model`, `VAE hash`, `VAE` (name, value) pairs; empty: `Model: <model>`
+    model_fields: tuple[tuple[str, str], ...] = ()
 
 
-def encode_png(rgba, row: Row, png: PngSettings) -> bytes:
-    """RGBA PNG bytes; deterministic for the same pixels, row and settings (no timestamps inside)."""
+def a1111_model_fields(sources, label: str) -> tuple[tuple[str, str], ...]:
+    """`Model hash: …, Model: <file stem>` for a single-file checkpoint (else `Model: <label>`), then
+    `VAE hash: …, VAE: <file>` for a VAE file (`VAE: <name>` for a folder or hub id)."""
+    from pathlib import Path
+
+    from .model.provenance import a1111_fields
+
+    model_file = sources.base if Path(sources.base).is_file() else None
+    vae_file = sources.vae if sources.vae and Path(sources.vae).is_file() else None
+    fields = a1111_fields(model_file=model_file, vae_file=vae_file)
+    if model_file is None:
+        fields.insert(0, ("Model", label))
+    if sources.vae and vae_file is None:
+        fields.append(("VAE", Path(sources.vae.rstrip("/")).name))
+    return tuple(fields)
+
+
+def encode_png(rgba, row: Row, png: PngSettings, loras: Sequence = ()) -> bytes:
+    """RGBA PNG bytes; deterministic for the same pixels, row and settings (no timestamps inside).
+    `loras`: the `ResolvedLora`s the row ran with."""
     info = PngImagePlugin.PngInfo()
     height, width = rgba.shape[:2]
-    info.add_text("parameters", a1111_parameters(row, png, width, height))
+    info.add_text("parameters", a1111_parameters(row, png, width, height, loras))
     for name, value in row.params().items():
         info.add_text(name, str(value))
     info.add_text("model", png.model)
@@ -39,15 +60,21 @@ def encode_png(rgba, row: Row, png: PngSettings) -> bytes:
     return buffer.getvalue()
 
 
-def a1111_parameters(row: Row, png: PngSettings, width: int, height: int) -> str:
-    """The `parameters` text that AUTOMATIC1111-style readers and galleries show, in its field order."""
+def a1111_parameters(row: Row, png: PngSettings, width: int, height: int, loras: Sequence = ()) -> str:
+    """The `parameters` text that AUTOMATIC1111-style readers and galleries show, in its field order; LoRAs
+    as it writes them: `<lora:name:weight>` tags on the prompt line and `Lora hashes` (the `prompt` text
+    chunk stays the row's own prompt)."""
+    from .model.provenance import a1111_fields, format_fields, lora_prompt_tags
+
     sampler = f"Sampler: {png.scheduler.sampler}, "
     if png.scheduler.schedule_type:
         sampler += f"Schedule type: {png.scheduler.schedule_type}, "
+    prompt = f"{row.prompt} {lora_prompt_tags(loras)}" if loras else row.prompt
+    model = format_fields([*(png.model_fields or [("Model", png.model)]), *a1111_fields(loras=loras)])
     return (
-        f"{row.prompt}\nNegative prompt: {row.negative_prompt}\n"
+        f"{prompt}\nNegative prompt: {row.negative_prompt}\n"
         f"Steps: {row.num_inference_steps}, {sampler}CFG scale: {row.guidance_scale:g}, "
-        f"Seed: {row.seed}, Size: {width}x{height}, Model: {png.model}, Transparency: LayerDiffuse"
+        f"Seed: {row.seed}, Size: {width}x{height}, {model}, Transparency: LayerDiffuse"
     )
 
 
@@ -59,10 +86,10 @@ def image_url(row: Row, per_folder: int) -> str:
     return f"{IMAGES}/{(row.number - 1) // per_folder:05d}/{row.key}.png"
 
 
-def write_image(storage: Storage, url: str, row: Row, rgba, png: PngSettings) -> Written:
+def write_image(storage: Storage, url: str, row: Row, rgba, png: PngSettings, loras: Sequence = ()) -> Written:
     """Encode and write the image atomically; returns what the manifest records about it."""
     started = time.perf_counter()
-    data = encode_png(rgba, row, png)
+    data = encode_png(rgba, row, png, loras)
     encoded = time.perf_counter()
     storage.write(url, data, moment="png_temp_written")
     height, width = rgba.shape[:2]
