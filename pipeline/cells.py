@@ -6,6 +6,7 @@ value or raises `CellError` whose message says what would be right.
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from collections.abc import Callable
@@ -182,16 +183,24 @@ def side(value) -> int:
 def lora_list(value) -> tuple:
     """A `loras` cell: `path:weight; path:weight` (or one per line), or a list of such references
     (Parquet, JSON Lines). Whether the files exist is checked when the run plans, not here."""
-    from .lora_refs import LoraRef, LoraSpecError, parse_lora_list
+    from .lora_refs import LoraRef, LoraSpecError
 
     try:
         if isinstance(value, str):
-            return parse_lora_list(value)
+            return _lora_text(value)
         if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
             return tuple(LoraRef.parse(v) for v in value if v.strip())
     except LoraSpecError as exc:
         raise CellError(f"is no list of LoRAs: {exc}; write `path[:weight]; path[:weight]`") from None
     raise CellError(f"is a {type(value).__name__}; write LoRAs as text: `path[:weight]; path[:weight]`")
+
+
+@functools.lru_cache(maxsize=65_536)
+def _lora_text(text: str) -> tuple:
+    """Large tables repeat a few LoRA lists: each distinct text is read once (the refs are immutable)."""
+    from .lora_refs import parse_lora_list
+
+    return parse_lora_list(text)
 
 
 def boolean(value) -> bool:

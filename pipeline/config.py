@@ -291,7 +291,7 @@ def check_loras(specs, source: str) -> None:
     """Every run LoRA reference reads as `PATH_OR_HUB_ID[:WEIGHT]` (finding the files is the run's job)."""
     from .lora_refs import LoraRef, LoraSpecError
 
-    if not isinstance(specs, tuple) or not all(isinstance(spec, str) for spec in specs):
+    if not isinstance(specs, (list, tuple)) or not all(isinstance(spec, str) for spec in specs):
         raise ConfigError(f"{source}: model.loras must be a list of PATH_OR_HUB_ID[:WEIGHT] texts, got {specs!r}")
     for spec in specs:
         try:

@@ -262,3 +262,23 @@ def test_config_loras_are_a_list_with_paths_next_to_the_file(tmp_path):
     path.write_text(yaml.safe_dump({"model": {"loras": ["a.safetensors:1e999"]}}))
     with pytest.raises(ConfigError, match=r"c.yaml: model.loras: LoRA 'a.safetensors:1e999'"):
         load_config(path)
+
+
+def test_rows_without_loras_hash_as_before_and_a_set_counts_whatever_its_order(tiny_config, loras):
+    from pipeline.identity import request_identity
+    from pipeline.lora_refs import LoraRef
+    from pipeline.lora_sets import plan_lora_sets
+    from pipeline.model.sources import resolve_sources
+
+    identity = request_identity(tiny_config, resolve_sources(tiny_config.model))
+    columns = [["a cup", "a hat"], ["n", "n"], [1, 2], [8.0, 8.0], [2, 2], [64, 64], [64, 64], [False, False]]
+    a, b = (LoraRef(str(loras["style"]), 0.5), LoraRef(str(loras["icons"])))
+    sets = plan_lora_sets((), [(), (a, b), (b, a), (a,), (LoraRef(a.source, 0.0),)])
+    keys = sets.hash_keys(range(5))
+    assert keys[0] == "" and keys[1] == keys[2] and len({*keys[1:]}) == 3
+    plain = identity.request_hashes(columns)
+    assert identity.request_hashes(columns, ["", ""]) == plain  # no LoRA: the hash LoRAs did not exist for
+    with_set = identity.request_hashes(columns, [keys[0], keys[1]])
+    assert with_set[0] == plain[0] and with_set[1] != plain[1]
+    assert identity.request_hashes(columns, ["", keys[2]]) == with_set  # (a, b) and (b, a): one request
+    assert identity.request_hashes(columns, [keys[4], ""])[0] != plain[0]  # weight 0 is another request
