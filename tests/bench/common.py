@@ -48,3 +48,30 @@ def table(headers: list[str], rows: list[list]) -> str:
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def write_section(name: str, text: str, path: Path = HERE / "RESULTS.md") -> None:
+    """Replace (or append) one benchmark's part of RESULTS.md, between its own markers; the other
+    benchmarks' parts are kept as they are."""
+    start, end = f"<!-- section: {name} -->", f"<!-- end of section: {name} -->"
+    block = f"{start}\n{text.strip()}\n{end}\n\n"
+    old = path.read_text(encoding="utf-8") if path.exists() else ""
+    if start in old and end in old:
+        before, rest = old.split(start, 1)
+        new = before + block + rest.split(end, 1)[1].lstrip("\n")
+    else:
+        new = old.rstrip("\n") + ("\n\n" if old.strip() else "") + block
+    path.write_text(new.rstrip("\n") + "\n", encoding="utf-8")
+
+
+def versions(*packages: str) -> str:
+    """`name version` for each installed distribution (`name: not installed` for the others)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = []
+    for package in packages:
+        try:
+            out.append(f"{package} {version(package)}")
+        except PackageNotFoundError:
+            out.append(f"{package}: not installed")
+    return " · ".join(out)
