@@ -44,9 +44,12 @@ format: install
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-# Benchmarks: CPU ratios on the tiny model (writes tests/bench/RESULTS.md); GPU runs only where CUDA is.
+# Benchmarks: CPU ratios on the tiny model, PNG encoders, device-shaped throughput with a stand-in device
+# (each writes its section of tests/bench/RESULTS.md); GPU runs only where CUDA is.
 bench: install browser
 	$(BIN)/python -m tests.bench.cpu
+	$(BIN)/python -m tests.bench.png
+	$(BIN)/python -m tests.bench.device --compare-level 6
 
 bench-gpu: install
 	$(BIN)/python -m tests.bench.gpu

@@ -54,6 +54,7 @@ class Timeline:
     """What the stand-in saw: its waits (perf_counter start, end) and memory as images came out."""
 
     waits: list[tuple[float, float]] = field(default_factory=list)
+    late: list[float] = field(default_factory=list)  # per wait: how much later than asked the sleep returned
     checker_seconds: float = 0.0
     images: int = 0
     rss_at: dict[int, int] = field(default_factory=dict)  # images produced -> RSS bytes
@@ -112,9 +113,10 @@ def stand_in(seconds_per_image: float, rss_marks=()):
                             seconds_per_image, timeline)  # fmt: skip
 
     def generate_rgba(model, rows, tta=True, decoder_sub_batch=None) -> np.ndarray:
-        started = time.perf_counter()
-        time.sleep(model.seconds_per_image * len(rows))
+        started, seconds = time.perf_counter(), model.seconds_per_image * len(rows)
+        time.sleep(seconds)  # returns once this thread has the GIL and a core again: lateness shows contention
         timeline.waits.append((started, time.perf_counter()))
+        timeline.late.append(timeline.waits[-1][1] - started - seconds)
         images = sprite_batch([row.seed for row in rows])  # a fresh array per batch, as a device copy is
         before = timeline.images
         timeline.images += len(rows)
@@ -181,6 +183,7 @@ def run_case(case: Case, work: Path, shard: tuple[int, int] | None, rss_marks=()
             "device": sum(e - s for s, e in waits) + timeline.checker_seconds,
             "loop": waits[-1][1] - waits[0][0] if waits else 0.0, "head": waits[0][0] - started if waits else 0.0,
             "tail": ended - waits[-1][1] if waits else 0.0, "gap": median(gaps) if gaps else 0.0,
+            "late": median(timeline.late) if timeline.late else 0.0,
             "screen_per_image": timeline.screen_seconds / max(timeline.images, 1), "ok": summary.ok,
             "write_per_image": _write_seconds(folder / "out"), "rss_start": rss_start, "rss_peak": _peak_rss(),
             "rss_at": timeline.rss_at}  # fmt: skip
@@ -250,25 +253,38 @@ def worker_main(work: Path) -> None:
 
 
 def measure(case: Case, workers: list[Worker]) -> dict:
-    """Both shard jobs start together; wall time runs from the first start to the last end."""
+    """One sample; shard jobs start together and wall time runs from the first start to the last end."""
     used = workers[: case.processes]
     for i, worker in enumerate(used):
         worker.send(case, [i, case.processes] if case.processes > 1 else None)
     results = [worker.result() for worker in used]
     wall = max(r["end"] for r in results) - min(r["start"] for r in results)
     device = max(r["device"] for r in results)
-    return {"case": case, "wall": wall, "device": device, "ratio": wall / device,
-            "loop_ratio": max(r["loop"] / (r["device"] - _last_wait(r, case)) for r in results),
-            "gap": median([r["gap"] for r in results]), "tail": max(r["tail"] for r in results),
-            "screen": median([r["screen_per_image"] for r in results]),
-            "write": median([r["write_per_image"] for r in results]), "ok": sum(r["ok"] for r in results),
-            "results": results}  # fmt: skip
+    loop = max(r["loop"] / (r["device"] - _last_checker_wait(case)) for r in results)
+    keys = ("gap", "late", "tail", "screen_per_image", "write_per_image")
+    return {"wall": wall, "device": device, "ratio": wall / device, "loop_ratio": loop,
+            "ok": sum(r["ok"] for r in results), **{k: max(r[k] for r in results) for k in keys}}  # fmt: skip
 
 
-def _last_wait(result: dict, case: Case) -> float:
-    """The loop runs from the first wait's start to the last wait's end: all waits but the last batch's
-    checker forward fall inside it."""
+def _last_checker_wait(case: Case) -> float:
+    """The loop runs from the first wait's start to the last wait's end: every wait but the last batch's
+    checker forward falls inside it."""
     return CHECKER_SECONDS * case.batch if case.safety_checker else 0.0
+
+
+def grid(cases: list[Case], work: Path, repeats: int) -> list[dict]:
+    """Each case `repeats` times, the repetitions interleaved (load from other processes drifts)."""
+    workers = [Worker(work), Worker(work)]
+    samples: dict[Case, list[dict]] = {case: [] for case in cases}
+    try:
+        for _ in range(repeats):
+            for case in cases:
+                samples[case].append(measure(case, workers))
+                print(_line(case, samples[case][-1]), flush=True)
+    finally:
+        for worker in workers:
+            worker.close()
+    return [{"case": case, "samples": found} for case, found in samples.items()]
 
 
 def memory_case(case: Case, work: Path, marks: tuple[int, ...]) -> dict:
@@ -281,13 +297,25 @@ def memory_case(case: Case, work: Path, marks: tuple[int, ...]) -> dict:
     return {"case": case, **result}
 
 
+def cases_for(images: int, level: int, compare_level: int | None) -> list[Case]:
+    """Both device speeds, batch 1 and 4, 1 and 2 processes at `level`; batch 4 at `compare_level`;
+    batch 4 without the safety checker (what the checker's host side costs)."""
+    cases = [Case(p, b, s, level, images * p) for s in (0.6, 0.3) for b in (1, 4) for p in (1, 2)]
+    if compare_level is not None and compare_level != level:
+        cases += [replace(c, level=compare_level) for c in cases if c.batch == 4]
+    cases += [replace(c, safety_checker=False) for c in cases[:8] if c.batch == 4 and c.processes == 1]
+    return cases
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--worker", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--images", type=int, default=32, help="images per process for each configuration")
+    parser.add_argument("--repeats", type=int, default=1, help="runs of each configuration (min and median)")
     parser.add_argument("--level", type=int, default=None, help="PNG level (default: the configured default)")
-    parser.add_argument("--compare-level", type=int, default=6, help="also run batch 4 at this level")
+    parser.add_argument("--compare-level", type=int, default=None, help="also run batch 4 at this level")
     parser.add_argument("--memory-images", type=int, nargs="*", default=[100, 1000])
+    parser.add_argument("--json", type=Path, help="also write every sample here")
     parser.add_argument("--no-write", action="store_true", help="print only; leave RESULTS.md as it is")
     args = parser.parse_args(argv)
     if args.worker:
@@ -298,72 +326,82 @@ def main(argv=None) -> None:
     work = Path(tempfile.mkdtemp(prefix="layerdiffuse-device-"))
     started = time.perf_counter()
     try:
-        rows = grid(work, args.images, level, args.compare_level)
+        rows = grid(cases_for(args.images, level, args.compare_level), work, args.repeats)
         memory = [memory_case(Case(1, 4, 0.05, level, n), work, (100, n)) for n in args.memory_images]
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    text = render(rows, memory, time.perf_counter() - started, level)
+    if args.json:
+        dump = {"rows": rows, "memory": memory}
+        args.json.write_text(json.dumps(dump, default=lambda c: asdict(c), indent=1))
+    text = render(rows, memory, time.perf_counter() - started, level, args.repeats)
     print(text)
     if not args.no_write:
         write_section("device", text)
 
 
-def grid(work: Path, images: int, level: int, compare_level: int | None) -> list[dict]:
-    cases = [Case(p, b, s, level, images * p) for s in (0.6, 0.3) for b in (1, 4) for p in (1, 2)]
-    if compare_level is not None and compare_level != level:
-        cases += [replace(c, level=compare_level) for c in cases if c.batch == 4]
-    workers = [Worker(work), Worker(work)]
-    rows = []
-    try:
-        for case in cases:
-            rows.append(measure(case, workers))
-            print(_line(rows[-1]), flush=True)
-    finally:
-        for worker in workers:
-            worker.close()
-    return rows
+def _line(case: Case, sample: dict) -> str:
+    return (f"{case.processes} proc, batch {case.batch}, {case.seconds_per_image} s/img, level {case.level}, "
+            f"checker {case.safety_checker}: wall/device {sample['ratio']:.3f} (loop {sample['loop_ratio']:.3f}), "
+            f"gap {sample['gap'] * 1000:.0f} ms, late {sample['late'] * 1000:.0f} ms, "
+            f"screen {sample['screen_per_image'] * 1000:.0f} ms/img, "
+            f"write {sample['write_per_image'] * 1000:.0f} ms/img")  # fmt: skip
 
 
-def _line(row: dict) -> str:
-    c = row["case"]
-    return (f"{c.processes} proc, batch {c.batch}, {c.seconds_per_image} s/img, level {c.level}: wall/device "
-            f"{row['ratio']:.3f} (loop {row['loop_ratio']:.3f}), gap {row['gap'] * 1000:.0f} ms, "
-            f"screen {row['screen'] * 1000:.0f} ms/img, write {row['write'] * 1000:.0f} ms/img")  # fmt: skip
+def _grid_row(row: dict) -> list:
+    c, samples = row["case"], row["samples"]
+
+    def mid(key: str) -> float:
+        return median([s[key] for s in samples])
+
+    def spread(key: str) -> str:
+        values = [s[key] for s in samples]
+        return f"{min(values):.3f}" if len(values) == 1 else f"{min(values):.3f} / {median(values):.3f}"
+
+    return [c.processes, c.batch, c.seconds_per_image, c.level, "on" if c.safety_checker else "off",
+            samples[0]["ok"], f"{mid('device'):.1f}", f"**{spread('ratio')}**", spread("loop_ratio"),
+            f"{mid('gap') * 1000:.0f}", f"{mid('late') * 1000:.0f}", f"{mid('tail'):.2f}",
+            f"{mid('screen_per_image') * 1000:.0f}", f"{mid('write_per_image') * 1000:.0f}"]  # fmt: skip
 
 
-def render(rows: list[dict], memory: list[dict], seconds: float, level: int) -> str:
-    grid_rows = [[r["case"].processes, r["case"].batch, r["case"].seconds_per_image, r["case"].level, r["ok"],
-                  f"{r['device']:.1f}", f"{r['wall']:.1f}", f"**{r['ratio']:.3f}**", f"{r['loop_ratio']:.3f}",
-                  f"{r['gap'] * 1000:.0f}", f"{r['tail']:.2f}", f"{r['screen'] * 1000:.0f}",
-                  f"{r['write'] * 1000:.0f}"] for r in rows]  # fmt: skip
-    memory_rows = [[m["ok"], m["case"].seconds_per_image, m["case"].level, f"{m['rss_start'] / MIB:.0f}",
-                    *(f"{m['rss_at'].get(str(n), m['rss_at'].get(n, 0)) / MIB:.0f}" for n in (100, m["case"].images)),
-                    f"{m['rss_peak'] / MIB:.0f}", f"{m['wall'] / m['device']:.2f}"] for m in memory]  # fmt: skip
-    headers = ["processes", "batch", "s/image", "PNG level", "images", "device s", "wall s", "wall/device",
-               "loop/device", "gap/batch ms", "tail s", "screen ms/img", "write ms/img"]  # fmt: skip
+def _memory_row(m: dict) -> list:
+    marks = {int(k): v for k, v in m["rss_at"].items()}
+    return [m["ok"], m["case"].seconds_per_image, m["case"].level, f"{m['rss_start'] / MIB:.0f}",
+            f"{marks.get(100, 0) / MIB:.0f}", f"{marks.get(m['case'].images, 0) / MIB:.0f}",
+            f"{m['rss_peak'] / MIB:.0f}", f"{m['wall'] / m['device']:.2f}"]  # fmt: skip
+
+
+GRID_HEADERS = ["processes", "batch", "s/image", "PNG level", "checker", "images", "device s", "wall/device",
+                "loop/device", "gap/batch ms", "late/batch ms", "tail s", "screen ms/img", "write ms/img"]  # fmt: skip
+
+
+def render(rows: list[dict], memory: list[dict], seconds: float, level: int, repeats: int) -> str:
+    reps = "one run each" if repeats == 1 else f"min / median of {repeats} runs, interleaved"
     return f"""## 9. Device-shaped throughput: the full `generate` with a stand-in device
 
 Produced by `python -m tests.bench.device` ({seconds:.0f} s). Machine: {machine()}.
-{versions("pillow", "numpy", "psutil")}. The machine is shared with other processes: repeat before
-reading differences of a few percent.
+{versions("pillow", "numpy", "psutil")}. The machine is shared with other processes, whose load varies:
+repeat before reading differences of a few percent.
 
 `generate` runs for real (table, planning, resume, writer thread, manifest parts and merge, the safety
 checker's pre-processing) against a stand-in device that sleeps s/image per image, holding no CPU, and
 returns sprite-like 1024x1024 images; it poses as CUDA, so PNGs are encoded in the GPU path's writer thread.
-The checker's CLIP forward waits {CHECKER_SECONDS * 1000:.0f} ms per image; the default PNG level is {level}.
-2 processes: two `--shard i/2` jobs side by side, one worker process each, wall time from the first start
-to the last end. "device s": the stand-in's waits in one process; "wall/device": the whole `generate` call(s)
-/ that; "loop/device": first wait's start to last wait's end / the waits in it (host work that stalls the
-device between batches); "gap/batch": median host time between two device calls; "tail": last wait's end
-to return (the last batch's writes, the manifest merge); "screen": the safety checker's host side per image,
-on the main thread; "write": encode + write + hash per image in the writer thread (manifest `write_seconds`).
+The checker's CLIP forward waits {CHECKER_SECONDS * 1000:.0f} ms per image. The configured PNG level is {level}.
+2 processes: two `--shard i/2` jobs side by side, one worker process each (started before the clock), wall
+time from the first start to the last end; "images" counts both. "device s": the stand-in's waits in one
+process. Ratios ({reps}): "wall/device", the whole `generate` call(s) / that; "loop/device", first wait's
+start to last wait's end / the waits inside (host work that stalls the device between batches, without the
+start and the last batch's writes). "gap/batch": median host time between two device calls (main thread);
+"late/batch": how much later than asked the device wait returned (the main thread waiting for the GIL or a
+core); "tail": last wait's end to return (the last batch's writes, the manifest merge); "screen": the safety
+checker's host side per image, on the main thread; "write": encode + write + hash per image in the writer
+thread (median manifest `write_seconds`). Per-process values: the worse process.
 
-{table(headers, grid_rows)}
+{table(GRID_HEADERS, [_grid_row(r) for r in rows])}
 
-Memory (1 process, batch 4, a fresh worker process per run; RSS in MiB at the start of `generate`, after
-100 images, after the last, and the process's peak):
+Memory (1 process, batch 4, 0.05 s/image to stay short, so host-bound; a fresh worker process per run;
+RSS in MiB at the start of `generate`, after 100 images, after the last, and the process's peak):
 
-{table(MEMORY_HEADERS, memory_rows)}
+{table(MEMORY_HEADERS, [_memory_row(m) for m in memory])}
 """
 
 
