@@ -175,6 +175,52 @@ def scaling(encode: Callable[[np.ndarray], bytes], images, workers: int, kind: s
     return len(work) / seconds
 
 
+def gil_probe(images, seconds: float = 2.0) -> list[list]:
+    """Does a step hold the GIL? A thread sleeping 1 ms at a time measures how late it wakes while another
+    thread repeats the step: holding the GIL shows as delays of the 5 ms switch interval and more, whatever
+    the machine's load (which only adds scheduling noise to both)."""
+    encoded = [pillow(1)(rgba) for rgba in images]
+    steps = {
+        "nothing (idle)": lambda: time.sleep(0.01),
+        "pure-Python loop (holds the GIL)": lambda: sum(range(200_000)),
+        "Pillow PNG level 1": lambda: [pillow(1)(rgba) for rgba in images[:2]],
+        "Pillow PNG level 6": lambda: [pillow(6)(rgba) for rgba in images[:2]],
+        "sha256 of PNG bytes": lambda: [hashlib.sha256(d).digest() for d in encoded],
+        "safety composite (numpy float32)": lambda: _composite(images[:2]),
+    }
+    rows = []
+    for name, step in steps.items():
+        delays = sorted(_wake_up_delays(step, seconds))
+        rows.append([name, f"{median(delays):.2f}", f"{delays[int(len(delays) * 0.99)]:.2f}"])
+    return rows
+
+
+def _wake_up_delays(step: Callable[[], object], seconds: float) -> list[float]:
+    """Milliseconds late of each 1 ms sleep in one thread while another repeats `step`."""
+    import threading
+
+    stop, delays = threading.Event(), []
+
+    def repeat():
+        while not stop.is_set():
+            step()
+
+    def tick():
+        while not stop.is_set():
+            started = time.perf_counter()
+            time.sleep(0.001)
+            delays.append((time.perf_counter() - started - 0.001) * 1000)
+
+    threads = [threading.Thread(target=repeat), threading.Thread(target=tick)]
+    for thread in threads:
+        thread.start()
+    time.sleep(seconds)
+    stop.set()
+    for thread in threads:
+        thread.join()
+    return delays
+
+
 def _encode_level(level: int, rgba: np.ndarray) -> bytes:  # picklable, for the process pool
     return pillow(level)(rgba)
 
@@ -260,7 +306,8 @@ def main(argv=None) -> None:
     threads = [[kind, level, workers, f"{scaling(partial_level(level), images, workers, kind):.2f}"]
                for level in (1, 6) for kind in ("threads", "processes") for workers in (1, 2)]  # fmt: skip
     costs = host_costs(images, level=1, reps=args.reps)
-    text = render(results, by_name, threads, costs, time.perf_counter() - started)
+    gil = gil_probe(images)
+    text = render(results, by_name, threads, costs, gil, time.perf_counter() - started)
     print(text)
     if not args.no_write:
         write_section("png", text)
@@ -272,7 +319,7 @@ def partial_level(level: int) -> Callable[[np.ndarray], bytes]:
     return partial(_encode_level, level)
 
 
-def render(results: list[Measured], by_name: dict, threads: list[list], costs: list[list], seconds: float) -> str:
+def render(results: list[Measured], by_name: dict, threads, costs: list[list], gil: list[list], seconds: float) -> str:
     import PIL.features
 
     base = by_name["Pillow level 6"]
@@ -301,7 +348,13 @@ Per image (Pillow, with metadata):
 
 {table(["image", *PER_IMAGE], per_image)}
 
-Encoding throughput over a pool (images/s, the set encoded twice; Pillow releases the GIL while zlib runs):
+Does a step hold the GIL? Wake-up delay (ms) of a thread sleeping 1 ms at a time while another thread
+repeats the step: a step that holds the GIL delays it by the 5 ms switch interval and more.
+
+{table(["step in the other thread", "median delay ms", "p99 delay ms"], gil)}
+
+Encoding throughput over a pool (images/s, the set encoded twice). Two workers can only beat one where the
+second core is free of other processes' work:
 
 {table(["pool", "level", "workers", "images/s"], threads)}
 
