@@ -150,9 +150,11 @@ def stand_in(seconds_per_image: float, rss_marks=()):
 
 
 def write_table(folder: Path, rows: int) -> Path:
+    """Both shard jobs write the same table: each into its own file, renamed into place."""
     path = folder / "prompts.csv"
-    if not path.exists():
-        path.write_text("prompt,seed\n" + "".join(f"sprite number {i},{i}\n" for i in range(rows)))
+    own = folder / f".prompts-{os.getpid()}.csv"
+    own.write_text("prompt,seed\n" + "".join(f"sprite number {i},{i}\n" for i in range(rows)))
+    os.replace(own, path)
     return path
 
 
