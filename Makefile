@@ -49,7 +49,7 @@ format: install
 bench: install browser
 	$(BIN)/python -m tests.bench.cpu
 	$(BIN)/python -m tests.bench.png
-	$(BIN)/python -m tests.bench.device --compare-level 6
+	$(BIN)/python -m tests.bench.device
 
 bench-gpu: install
 	$(BIN)/python -m tests.bench.gpu
