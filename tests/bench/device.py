@@ -166,12 +166,11 @@ def config_for(case: Case):
     return Config(run=run)
 
 
-def run_case(case: Case, work: Path, shard: tuple[int, int] | None, rss_marks=()) -> dict:
+def run_case(case: Case, folder: Path, shard: tuple[int, int] | None, rss_marks=()) -> dict:
     """One `generate` call under the stand-in, in this process; times are perf_counter and time.time."""
     from pipeline.logs import Log
     from pipeline.run import generate
 
-    folder = work / f"{case.processes}p-b{case.batch}-s{case.seconds_per_image}-l{case.level}-n{case.images}"
     folder.mkdir(parents=True, exist_ok=True)
     source = write_table(folder, case.images)
     with open(os.devnull, "w") as devnull, stand_in(case.seconds_per_image, rss_marks) as timeline:
@@ -214,13 +213,13 @@ def _write_seconds(out: Path) -> float:
 
 
 class Worker:
-    def __init__(self, work: Path):
-        command = [sys.executable, "-m", "tests.bench.device", "--worker", str(work)]
+    def __init__(self):
+        command = [sys.executable, "-m", "tests.bench.device", "--worker"]
         self.process = subprocess.Popen(command, cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         self._expect("ready")
 
-    def send(self, case: Case, shard, rss_marks=()) -> None:
-        message = {"case": asdict(case), "shard": shard, "rss_marks": list(rss_marks)}
+    def send(self, case: Case, folder: Path, shard, rss_marks=()) -> None:
+        message = {"case": asdict(case), "folder": str(folder), "shard": shard, "rss_marks": list(rss_marks)}
         self.process.stdin.write(json.dumps(message) + "\n")
         self.process.stdin.flush()
 
@@ -238,7 +237,7 @@ class Worker:
         raise RuntimeError(f"benchmark worker ended (exit code {self.process.wait()}) before sending {word!r}")
 
 
-def worker_main(work: Path) -> None:
+def worker_main() -> None:
     """Imports and the sprite set are ready before the first case starts its clock."""
     import pipeline.model  # noqa: F401
     import pipeline.run  # noqa: F401
@@ -250,15 +249,16 @@ def worker_main(work: Path) -> None:
     for line in sys.stdin:
         message = json.loads(line)
         shard = tuple(message["shard"]) if message["shard"] else None
-        result = run_case(Case(**message["case"]), work, shard, message["rss_marks"])
+        result = run_case(Case(**message["case"]), Path(message["folder"]), shard, message["rss_marks"])
         print("result " + json.dumps(result), flush=True)
 
 
-def measure(case: Case, workers: list[Worker]) -> dict:
-    """One sample; shard jobs start together and wall time runs from the first start to the last end."""
+def measure(case: Case, workers: list[Worker], folder: Path) -> dict:
+    """One sample in a fresh folder; shard jobs start together, wall time runs from the first start to the
+    last end."""
     used = workers[: case.processes]
     for i, worker in enumerate(used):
-        worker.send(case, [i, case.processes] if case.processes > 1 else None)
+        worker.send(case, folder, [i, case.processes] if case.processes > 1 else None)
     results = [worker.result() for worker in used]
     wall = max(r["end"] for r in results) - min(r["start"] for r in results)
     device = max(r["device"] for r in results)
@@ -276,12 +276,12 @@ def _last_checker_wait(case: Case) -> float:
 
 def grid(cases: list[Case], work: Path, repeats: int) -> list[dict]:
     """Each case `repeats` times, the repetitions interleaved (load from other processes drifts)."""
-    workers = [Worker(work), Worker(work)]
+    workers = [Worker(), Worker()]
     samples: dict[Case, list[dict]] = {case: [] for case in cases}
     try:
         for _ in range(repeats):
             for case in cases:
-                samples[case].append(measure(case, workers))
+                samples[case].append(measure(case, workers, work / f"run-{sum(map(len, samples.values()))}"))
                 print(_line(case, samples[case][-1]), flush=True)
     finally:
         for worker in workers:
@@ -290,9 +290,9 @@ def grid(cases: list[Case], work: Path, repeats: int) -> list[dict]:
 
 
 def memory_case(case: Case, work: Path, marks: tuple[int, ...]) -> dict:
-    worker = Worker(work)  # a fresh process: its peak RSS is this run's
+    worker = Worker()  # a fresh process: its peak RSS is this run's
     try:
-        worker.send(case, None, marks)
+        worker.send(case, work / f"memory-{case.images}", None, marks)
         result = worker.result()
     finally:
         worker.close()
@@ -311,7 +311,7 @@ def cases_for(images: int, level: int, compare_level: int | None) -> list[Case]:
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--worker", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--images", type=int, default=32, help="images per process for each configuration")
     parser.add_argument("--repeats", type=int, default=1, help="runs of each configuration (min and median)")
     parser.add_argument("--level", type=int, default=None, help="PNG level (default: the configured default)")
@@ -321,7 +321,7 @@ def main(argv=None) -> None:
     parser.add_argument("--no-write", action="store_true", help="print only; leave RESULTS.md as it is")
     args = parser.parse_args(argv)
     if args.worker:
-        return worker_main(args.worker)
+        return worker_main()
     from pipeline.config import RunConfig
 
     level = RunConfig().png_compress_level if args.level is None else args.level
