@@ -391,9 +391,10 @@ returns sprite-like 1024x1024 images; it poses as CUDA, so PNGs are encoded in t
 The checker's CLIP forward waits {CHECKER_SECONDS * 1000:.0f} ms per image. The configured PNG level is {level}.
 2 processes: two `--shard i/2` jobs side by side, one worker process each (started before the clock), wall
 time from the first start to the last end; "images" counts both. "device s": the stand-in's waits in one
-process. Ratios ({reps}): "wall/device", the whole `generate` call(s) / that; "loop/device", first wait's
-start to last wait's end / the waits inside (host work that stalls the device between batches, without the
-start and the last batch's writes). "gap/batch": median host time between two device calls (main thread);
+process. Ratios, {reps}:
+"wall/device", the whole `generate` call(s) / that; "loop/device", first wait's start to last wait's end / the
+waits inside (host work that stalls the device between batches, without the start and the last batch's writes).
+"gap/batch": median host time between two device calls (main thread);
 "late/batch": how much later than asked the device wait returned (the main thread waiting for the GIL or a
 core); "tail": last wait's end to return (the last batch's writes, the manifest merge); "screen": the safety
 checker's host side per image, on the main thread; "write": encode + write + hash per image in the writer
