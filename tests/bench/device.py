@@ -322,9 +322,7 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     if args.worker:
         return worker_main()
-    from pipeline.config import RunConfig
-
-    level = RunConfig().png_compress_level if args.level is None else args.level
+    level = _default_level() if args.level is None else args.level
     work = Path(tempfile.mkdtemp(prefix="layerdiffuse-device-"))
     started = time.perf_counter()
     try:
@@ -340,6 +338,12 @@ def main(argv=None) -> None:
     print(text)
     if not args.no_write:
         write_section("device", text)
+
+
+def _default_level() -> int:
+    from pipeline.config import RunConfig
+
+    return RunConfig().png_compress_level
 
 
 def _line(case: Case, sample: dict) -> str:
@@ -388,7 +392,8 @@ repeat before reading differences of a few percent.
 `generate` runs for real (table, planning, resume, writer thread, manifest parts and merge, the safety
 checker's pre-processing) against a stand-in device that sleeps s/image per image, holding no CPU, and
 returns sprite-like 1024x1024 images; it poses as CUDA, so PNGs are encoded in the GPU path's writer thread.
-The checker's CLIP forward waits {CHECKER_SECONDS * 1000:.0f} ms per image. The configured PNG level is {level}.
+The checker's CLIP forward waits {CHECKER_SECONDS * 1000:.0f} ms per image. PNG level {level} unless the table
+says otherwise (the configured default is {_default_level()}).
 2 processes: two `--shard i/2` jobs side by side, one worker process each (started before the clock), wall
 time from the first start to the last end; "images" counts both. "device s": the stand-in's waits in one
 process. Ratios, {reps}:
