@@ -9,27 +9,17 @@ from pathlib import Path
 
 import click
 
-from .config import Config, ConfigError, load_config
-
-EXIT_CODES = """\b
-Exit codes:
-  0    every row has its image (generated now or by an earlier run)
-  1    unexpected internal error (a bug: please report it with the log)
-  2    usage error: bad flags, config, or an unusable table (nothing was generated)
-  3    the run finished, but some rows are invalid or failed (see the manifest's `error`)
-  4    model weights are missing or cannot be loaded (the message lists the files)
-  5    another run holds the output folder (the message names its pid, host, start time)
-  6    the output folder cannot be written (disk full, quota, read-only): nothing half-written is kept
-  7    stopped: more rows failed than --max-failures allows
-  130  interrupted by SIGINT/SIGTERM after finishing the current batch; rerun to continue"""
-
+from .config import DTYPES, INJECTIONS, LOG_FORMATS, Config, ConfigError, load_config
+from .exits import ExitCode, epilog
+from .schedulers import SCHEDULER_NAMES
 
 # Which config section each `generate` flag overrides.
 FLAG_SECTIONS = {
-    "model": ("base", "device", "dtype"),
+    "model": ("base", "base_config", "vae", "injection", "scheduler", "vae_tiling", "device", "dtype"),
     "defaults": ("seed", "width", "height", "num_inference_steps", "guidance_scale", "negative_prompt",
                  "allow_empty_prompt"),
-    "run": ("batch_size", "limit", "max_failures", "overwrite", "strict", "safety_checker", "tta"),
+    "run": ("batch_size", "limit", "max_failures", "overwrite", "strict", "safety_checker", "tta",
+            "png_compress_level"),
 }  # fmt: skip
 
 
@@ -63,11 +53,16 @@ def _shard(ctx, param, value):
         raise click.BadParameter(str(exc)) from None
 
 
-@cli.command(epilog=EXIT_CODES)
+@cli.command(epilog=epilog("generate"))
 @click.argument("input_path", metavar="INPUT", type=click.Path(path_type=Path))
-@click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path), help="Output folder.")
+@click.option("--out", "out_dir", required=True, help="Output folder: a local path or an fsspec URL (s3://...).")
 @click.option("--config", "config_path", type=click.Path(path_type=Path), help="YAML config (see configs/).")
 @click.option("--model", help="SDXL base: hub id, diffusers folder or .safetensors file (overrides config).")
+@click.option("--base-config", help="Diffusers folder or hub id with the configs for a single-file --model.")
+@click.option("--vae", help="VAE override: hub id, diffusers folder or .safetensors file.")
+@click.option("--scheduler", type=click.Choice(SCHEDULER_NAMES), help="Sampler (default euler).")
+@click.option("--injection", type=click.Choice(INJECTIONS), help="LayerDiffuse UNet patch (default attn).")
+@click.option("--vae-tiling/--no-vae-tiling", default=None, help="Tiled VAE decode: less memory at large sizes.")
 @click.option("--batch-size", type=click.IntRange(min=1), help="Images per denoising call.")
 @click.option("--seed", type=click.IntRange(0, 2**64 - 1), help="Base seed for rows without a seed.")
 @click.option("--width", type=int, help="Default width for rows without one (multiple of 64).")
@@ -84,11 +79,13 @@ def _shard(ctx, param, value):
               help="Run the safety checker on rows that ask for it (default on, as in the hosted API).")  # fmt: skip
 @click.option("--tta/--no-tta", default=None, help="8-view test-time augmentation in the decoder (default on).")
 @click.option("--device", help="cpu, cuda, cuda:1 ... (default: auto).")
-@click.option("--dtype", type=click.Choice(["auto", "float32", "float16", "bfloat16"]), help="Model dtype.")
+@click.option("--dtype", type=click.Choice(DTYPES), help="Model dtype (auto: float16 on GPU, float32 on CPU).")
+@click.option("--png-compress-level", type=click.IntRange(0, 9), help="zlib level of the PNGs (default 6).")
 @click.option("--shard", callback=_shard, metavar="I/N", help="Run only shard I of N (for job arrays).")
-@click.option("--log-format", type=click.Choice(["text", "json"]), help="json: one object per line for cron.")
+@click.option("--log-format", type=click.Choice(LOG_FORMATS), help="json: one object per line for cron.")
+@click.option("--verify", is_flag=True, help="Re-hash finished images and redo those whose content changed.")
 @click.option("--report", "make_report", is_flag=True, help="Write DIR/report.html and contact_sheet.png at the end.")
-def generate(input_path, out_dir, config_path, shard, log_format, make_report, **flags):
+def generate(input_path, out_dir, config_path, shard, log_format, verify, make_report, **flags):
     """Generate one RGBA PNG per row of INPUT (.csv, .parquet or .jsonl) into OUT/images/.
 
     Table columns: prompt (required); optional id, seed, negative_prompt, guidance_scale,
@@ -111,45 +108,45 @@ def generate(input_path, out_dir, config_path, shard, log_format, make_report, *
         flags["base"] = flags.pop("model")
         for section, names in FLAG_SECTIONS.items():
             config = config.with_overrides(section, **{name: flags[name] for name in names})
-        summary = _run_generate(config, input_path, out_dir, shard, log)
+        summary = _run_generate(config, input_path, out_dir, shard, log, verify)
     except ExitError as exc:
         log.event("error", exc.message, exit_code=exc.exit_code)
         sys.exit(exc.exit_code)
     except ConfigError as exc:
-        log.event("error", str(exc), exit_code=2)
-        sys.exit(2)
+        log.event("error", str(exc), exit_code=int(ExitCode.USAGE))
+        sys.exit(ExitCode.USAGE)
     except Exception as exc:  # a bug: still one parseable line for cron, and the traceback for a report
-        log.event("error", f"internal error: {type(exc).__name__}: {exc}", exit_code=1)
+        log.event("error", f"internal error: {type(exc).__name__}: {exc}", exit_code=int(ExitCode.INTERNAL))
         traceback.print_exc()
-        sys.exit(1)
+        sys.exit(ExitCode.INTERNAL)
     if summary.manifest_written:
-        log.event("done", f"images in {out_dir / 'images'}, manifest in {out_dir / 'manifest.parquet'}")
+        out = str(out_dir).rstrip("/")
+        log.event("done", f"images in {out}/images, manifest in {out}/manifest.parquet")
     if make_report and summary.manifest_written:
         from .report import build_report
+        from .storage import Storage
 
-        page, _ = build_report(out_dir)
+        page, _ = build_report(Storage(out_dir))
         log.event("report", f"open {page} in a browser")
     sys.exit(summary.exit_code)
 
 
-def _run_generate(config: Config, input_path: Path, out_dir: Path, shard, log):
+def _run_generate(config: Config, input_path: Path, out_dir: str, shard, log, verify: bool):
     from . import run
     from .lock import FolderLocked
-    from .model.loading import ModelLoadError
-    from .model.merge import WeightMergeError
+    from .model.sources import ModelLoadError
+    from .storage import OutputError
     from .table import TableError
-    from .writer import OutputError
 
     codes = {
-        TableError: run.EXIT_USAGE,
-        ModelLoadError: run.EXIT_MODEL,
-        WeightMergeError: run.EXIT_MODEL,
-        FolderLocked: run.EXIT_LOCKED,
-        OutputError: run.EXIT_OUTPUT,
-        run.TooManyFailures: run.EXIT_TOO_MANY_FAILURES,
+        TableError: ExitCode.USAGE,
+        ModelLoadError: ExitCode.MODEL,
+        FolderLocked: ExitCode.LOCKED,
+        OutputError: ExitCode.OUTPUT,
+        run.TooManyFailures: ExitCode.TOO_MANY_FAILURES,
     }
     try:
-        return run.generate(config, input_path, out_dir, shard=shard, log=log)
+        return run.generate(config, input_path, out_dir, shard=shard, log=log, verify=verify)
     except tuple(codes) as exc:
         raise ExitError(str(exc), next(code for kind, code in codes.items() if isinstance(exc, kind))) from None
 
@@ -159,10 +156,10 @@ def _config(config_path, log_format=None) -> Config:
         config = load_config(config_path)
         return config.with_overrides("run", log_format=log_format)
     except ConfigError as exc:
-        raise ExitError(str(exc), 2) from None
+        raise ExitError(str(exc), ExitCode.USAGE) from None
 
 
-@cli.command(epilog=EXIT_CODES)
+@cli.command(epilog=epilog("validate"))
 @click.argument("input_path", metavar="INPUT", type=click.Path(path_type=Path))
 @click.option("--config", "config_path", type=click.Path(path_type=Path), help="YAML config for the defaults.")
 @click.option("--allow-empty-prompt", is_flag=True, default=None, help="Accept rows with an empty prompt.")
@@ -180,7 +177,7 @@ def validate(input_path, config_path, allow_empty_prompt, as_json):
     try:
         table = load_table(input_path, config.defaults)
     except TableError as exc:
-        raise ExitError(str(exc), 2) from None
+        raise ExitError(str(exc), ExitCode.USAGE) from None
     problems = [e for row in table.invalid for e in row.errors]
     if as_json:
         click.echo(json.dumps({"input": str(input_path), "rows": table.total, "valid": len(table.rows),
@@ -190,40 +187,47 @@ def validate(input_path, config_path, allow_empty_prompt, as_json):
         click.echo(f"columns: {', '.join(table.columns)}")
         for problem in problems:
             click.echo(f"  - {problem}")
-    sys.exit(3 if table.invalid else 0)
+    sys.exit(ExitCode.ROWS if table.invalid else ExitCode.OK)
 
 
-@cli.command()
-@click.argument("out_dir", metavar="DIR", type=click.Path(path_type=Path, exists=True, file_okay=False))
+@cli.command(epilog=epilog("status"))
+@click.argument("out_dir", metavar="DIR")
 @click.option("--json", "as_json", is_flag=True, help="Print the counts as one JSON object.")
-def status(out_dir, as_json):
-    """Rows done / failed / invalid / pending in an output folder DIR.
+@click.option("--verify", is_flag=True, help="Re-hash every image: count those whose content changed as damaged.")
+def status(out_dir, as_json, verify):
+    """Rows done / failed / invalid / pending in an output folder DIR (a path or an fsspec URL).
+
+    A row is done when its record is ok and its image exists with the recorded size; no image is read
+    unless --verify.
 
     \b
     Example:
       layerdiffuse status outputs/demo
-    Exit code 0 when every row is done, 3 otherwise.
     """
     from .status import folder_status
 
-    counts = _read_folder(folder_status, out_dir)
+    counts = _read_folder(lambda storage: folder_status(storage, verify), out_dir)
     if as_json:
         click.echo(json.dumps(counts))
     else:
         click.echo(" ".join(f"{k}={v}" for k, v in counts.items()))
-    sys.exit(0 if counts["done"] == counts["total"] else 3)
+    sys.exit(ExitCode.OK if counts["done"] == counts["total"] else ExitCode.ROWS)
 
 
-def _read_folder(function, out_dir: Path):
-    try:
-        return function(out_dir)
-    except FileNotFoundError as exc:
-        message = f"{out_dir}: not an output folder of `layerdiffuse generate` ({exc.filename} missing)"
-        raise ExitError(message, 2) from None
+def _read_folder(function, out_dir: str):
+    """Call `function(storage)` on an output folder, or say why DIR is not one (exit 2)."""
+    from .manifest import KEYS, RUN_INFO
+    from .storage import Storage
+
+    storage = Storage(out_dir)
+    if not storage.exists(KEYS) and not storage.exists(RUN_INFO):
+        message = f"{out_dir}: not an output folder of `layerdiffuse generate` ({storage.shown(KEYS)} missing)"
+        raise ExitError(message, ExitCode.USAGE)
+    return function(storage)
 
 
-@cli.command("merge")
-@click.argument("out_dir", metavar="DIR", type=click.Path(path_type=Path, exists=True, file_okay=False))
+@cli.command("merge", epilog=epilog("merge"))
+@click.argument("out_dir", metavar="DIR")
 def merge_command(out_dir):
     """Assemble DIR/manifest.parquet and manifest.jsonl from the per-process parts in DIR/parts/.
 
@@ -234,16 +238,18 @@ def merge_command(out_dir):
     Example:
       for i in 0 1 2; do layerdiffuse generate t.parquet --out out/ --shard $i/3; done
       layerdiffuse merge out/
-    Exit code 0 when the manifest was written, 3 when some rows have no outcome yet.
     """
     from .manifest import merge, missing_keys
 
-    if _read_folder(merge, out_dir) is None:
-        missing = missing_keys(out_dir)
+    merged = _read_folder(merge, out_dir)
+    if merged is None:
+        missing = _read_folder(missing_keys, out_dir)
         shown = ", ".join(missing[:10]) + (" ..." if len(missing) > 10 else "")
         click.echo(f"{len(missing)} row(s) have no outcome yet ({shown}); run generate again to finish them", err=True)
-        sys.exit(3)
-    click.echo(f"wrote {out_dir / 'manifest.parquet'} and {out_dir / 'manifest.jsonl'}")
+        sys.exit(ExitCode.ROWS)
+    out = out_dir.rstrip("/")
+    done = "wrote" if merged.rewritten else "up to date:"
+    click.echo(f"{done} {out}/manifest.parquet and {out}/manifest.jsonl ({merged.rows} rows)")
 
 
 def _background(ctx, param, value):
@@ -255,8 +261,8 @@ def _background(ctx, param, value):
         raise click.BadParameter(str(exc)) from None
 
 
-@cli.command("report")
-@click.argument("out_dir", metavar="DIR", type=click.Path(path_type=Path, exists=True, file_okay=False))
+@cli.command("report", epilog=epilog("report"))
+@click.argument("out_dir", metavar="DIR")
 @click.option("--background", default="checker", show_default=True, callback=_background,
               help="Behind transparent pixels: checker, white, black or #rrggbb.")  # fmt: skip
 @click.option("--sheet-count", default=64, show_default=True, type=click.IntRange(min=1),

@@ -9,11 +9,14 @@ from pathlib import Path
 
 import yaml
 
+from .cells import CellError, column_rules
+from .schedulers import SCHEDULER_NAMES
+
 SDXL_BASE = "stabilityai/stable-diffusion-xl-base-1.0"
 LAYERDIFFUSE_REPO = "LayerDiffusion/layerdiffusion-v1"
 INJECTIONS = ("attn", "conv")
 DTYPES = ("auto", "float32", "float16", "bfloat16")
-SCHEDULERS = ("euler", "euler_a", "dpmpp_2m", "dpmpp_2m_karras", "ddim", "unipc")
+LOG_FORMATS = ("text", "json")
 
 
 class ConfigError(ValueError):
@@ -37,10 +40,10 @@ class ModelConfig:
     dtype: str = "auto"  # auto: float32 on CPU, float16 on GPU
     device: str = "auto"  # auto: cuda:<local rank> when available, else cpu
     safety_checker: str = "CompVis/stable-diffusion-safety-checker"  # hub id or local folder
-    # Speed knobs (they do not change which rows count as done; compile/channels_last may move low bits):
+    vae_tiling: bool = False  # decode the VAE in tiles: less memory at large sizes (changes pixels)
+    # Speed knobs (they do not change which rows count as done; they may move low bits):
     compile: bool = False  # torch.compile the UNet, VAE decoder and transparent decoder (slow first batch)
     channels_last: bool = False  # NHWC memory format for the convolutional models (faster on recent GPUs)
-    vae_tiling: bool = False  # decode the VAE in tiles: less memory at large sizes
     build_tiny_if_missing: bool = False  # build the embedded tiny model at `base`'s parent if absent
 
     @property
@@ -64,12 +67,13 @@ class Defaults:
 
 @dataclass(frozen=True)
 class RunConfig:
-    """How the work is done; none of it changes what a row's image is, except batch_size and tta."""
+    """How the work is done; of these only `tta` decides pixels (`batch_size` may move low bits)."""
 
     batch_size: int = 1
     tta: bool = True
     decoder_sub_batch: int | None = None  # decoder images per call; None: 16 on GPU, 1 on CPU (measured)
     png_compress_level: int = 6
+    images_per_folder: int = 10_000  # images go into numbered subfolders of at most this many files
     limit: int | None = None
     max_failures: int | None = None  # stop the run once more rows than this have failed
     overwrite: bool = False
@@ -144,7 +148,7 @@ def validate(config: Config, source: str) -> None:
     checks = [
         (m.injection in INJECTIONS, f"model.injection must be one of {INJECTIONS}, got {m.injection!r}"),
         (m.dtype in DTYPES, f"model.dtype must be one of {DTYPES}, got {m.dtype!r}"),
-        (m.scheduler in SCHEDULERS, f"model.scheduler must be one of {SCHEDULERS}, got {m.scheduler!r}"),
+        (m.scheduler in SCHEDULER_NAMES, f"model.scheduler must be one of {SCHEDULER_NAMES}, got {m.scheduler!r}"),
         (_is_number(m.strength), f"model.strength must be a number, got {m.strength!r}"),
         (_is_int(r.batch_size) and r.batch_size >= 1, f"run.batch_size must be >= 1, got {r.batch_size!r}"),
         (
@@ -152,17 +156,27 @@ def validate(config: Config, source: str) -> None:
             "run.decoder_sub_batch must be >= 1 (or null for the device's default)",
         ),  # fmt: skip
         (r.png_compress_level in range(10), f"run.png_compress_level must be 0-9, got {r.png_compress_level!r}"),
+        (_is_int(r.images_per_folder) and r.images_per_folder >= 1, "run.images_per_folder must be >= 1"),
         (r.limit is None or (_is_int(r.limit) and r.limit >= 0), f"run.limit must be >= 0, got {r.limit!r}"),
         (r.max_failures is None or (_is_int(r.max_failures) and r.max_failures >= 0), "run.max_failures must be >= 0"),
-        (r.log_format in ("text", "json"), f"run.log_format must be text or json, got {r.log_format!r}"),
+        (r.log_format in LOG_FORMATS, f"run.log_format must be one of {LOG_FORMATS}, got {r.log_format!r}"),
         (_is_int(d.seed) and 0 <= d.seed < 2**64, f"defaults.seed must be an integer in [0, 2^64), got {d.seed!r}"),
     ]
     for ok, message in checks:
         if not ok:
             raise ConfigError(f"{source}: {message}")
-    from .table import check_defaults  # the row rules are the single source for per-row values
-
     check_defaults(d, source)
+
+
+def check_defaults(d: Defaults, source: str) -> None:
+    """Defaults obey the same rules as cells, so a bad default fails before any row runs."""
+    for name, (parse, value) in column_rules(d).items():
+        if value is None or name == "prompt":
+            continue  # no default to check: seeds are derived, prompts come from the rows
+        try:
+            parse(value)
+        except CellError as exc:
+            raise ConfigError(f"{source}: default {name} = {value!r} {exc}") from None
 
 
 def _is_int(value) -> bool:

@@ -20,13 +20,15 @@ def derive_seed(base_seed: int, key: str) -> int:
     return int.from_bytes(digest[:8], "big") >> (64 - SEED_BITS)
 
 
+def batch_positions(signatures: Sequence[tuple], batch_size: int) -> list[list[int]]:
+    """Group row positions by batch signature (in order of first appearance), then cut into batch_size chunks."""
+    groups: dict[tuple, list[int]] = {}
+    for position, signature in enumerate(signatures):
+        groups.setdefault(signature, []).append(position)
+    return [group[i : i + batch_size] for group in groups.values() for i in range(0, len(group), batch_size)]
+
+
 def plan_batches(rows: Sequence[Row], batch_size: int) -> list[Batch]:
-    """Group rows by batch signature (in order of first appearance), then cut into batch_size chunks."""
-    groups: dict[tuple, list[Row]] = {}
-    for row in rows:
-        groups.setdefault(row.batch_signature, []).append(row)
-    batches = []
-    for group in groups.values():
-        for start in range(0, len(group), batch_size):
-            batches.append(Batch(index=len(batches), rows=tuple(group[start : start + batch_size])))
-    return batches
+    """The same rule on `Row` objects."""
+    positions = batch_positions([row.batch_signature for row in rows], batch_size)
+    return [Batch(index, tuple(rows[p] for p in group)) for index, group in enumerate(positions)]

@@ -39,6 +39,32 @@ def sha256_file(path: str | os.PathLike) -> str:
     return cache[key]
 
 
+WEIGHT_SUFFIXES = (".safetensors", ".bin")
+CONFIG_SUFFIXES = (".json", ".txt", ".model")  # configs, tokenizer vocabularies, sentencepiece models
+
+
+def sha256_folder(folder: str | os.PathLike, variant: str | None = None) -> str:
+    """One hash over a model folder's configs and the weight files a load would read (`variant` picks
+    `*.fp16.safetensors`-style files; files of other variants are left out, they change nothing)."""
+    folder = Path(folder)
+    lines = []
+    for path in sorted(p for p in folder.rglob("*") if p.is_file() and _loaded(p, variant)):
+        relative = path.relative_to(folder).as_posix()
+        if not any(part.startswith(".") for part in relative.split("/")):
+            lines.append(f"{relative} {sha256_file(path)}\n")
+    return hashlib.sha256("".join(lines).encode()).hexdigest()
+
+
+def _loaded(path: Path, variant: str | None) -> bool:
+    if path.name.endswith(CONFIG_SUFFIXES):
+        return True
+    if not path.name.endswith(WEIGHT_SUFFIXES):
+        return False
+    parts = path.name.split(".")
+    infix = parts[-2] if len(parts) > 2 else None
+    return infix == variant
+
+
 def _hash(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as handle:

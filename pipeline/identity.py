@@ -1,31 +1,119 @@
-"""What produced an image: the settings that decide its pixels, and the environment it ran in."""
+"""What decides a row's pixels (its request identity), and the environment it ran in.
+
+A row's request hash covers its own parameters and the run settings that change pixels, with weights
+identified by their content: moving a model folder, copying a checkpoint or changing the batch size does
+not redo finished rows; changing a weight file, the scheduler or tiling does.
+"""
 
 from __future__ import annotations
 
+import functools
+import hashlib
+import json
 import platform
 import socket
+from dataclasses import dataclass, fields
+from pathlib import Path
 
-from .config import Config
+from .config import Config, Defaults
+from .fingerprint import sha256_file, sha256_folder
+from .records import PARAM_COLUMNS, Row
+
+assert PARAM_COLUMNS[-1] == "enable_safety_checker"  # request_hashes takes it apart from the hashed values
+# Every setting of the run configuration is in exactly one of these groups (a test walks the config).
+REDO = {  # changing one redoes the rows it touches
+    "model.base": "the base model's weights (by content)",
+    "model.base_config": "the configuration a single-file checkpoint is built with",
+    "model.variant": "which weight files of a diffusers folder load (e.g. fp16)",
+    "model.vae": "the VAE override's weights (by content)",
+    "model.layerdiffuse": "where the LayerDiffuse files are (their content counts, not the place)",
+    "model.unet_weights": "the LayerDiffuse UNet patch (by content)",
+    "model.decoder_weights": "the transparent decoder (by content)",
+    "model.injection": "attn or conv LayerDiffuse patch",
+    "model.strength": "how strongly the patch is applied",
+    "model.scheduler": "the sampler",
+    "model.dtype": "the precision the model runs in",
+    "model.vae_tiling": "tiled VAE decoding",
+    "model.safety_checker": "the checker's weights (only for rows with enable_safety_checker)",
+    "run.tta": "the decoder's 8-view test-time augmentation",
+}
+ROW_LEVEL = {  # resolved into each row's own parameters, which its hash covers
+    **{f"defaults.{f.name}": "the default for rows without a value" for f in fields(Defaults)},
+    "run.safety_checker": "turns enable_safety_checker off in every row",
+}
+LOW_BITS = {  # may move the lowest bits of some pixels (other kernels or summation order); not redone
+    "model.device": "another device computes the same images up to rounding",
+    "model.compile": "compiled kernels",
+    "model.channels_last": "NHWC convolutions",
+    "run.batch_size": "batched kernels",
+    "run.decoder_sub_batch": "batched decoder views",
+}
+NEUTRAL = {  # never change pixels
+    "model.build_tiny_if_missing": "builds the tiny model where it is missing",
+    "run.png_compress_level": "file size only; the pixels are lossless",
+    "run.images_per_folder": "where new images are filed",
+    "run.limit": "which rows run",
+    "run.max_failures": "when a failing run stops",
+    "run.overwrite": "redo rows that are done",
+    "run.strict": "refuse tables with invalid rows",
+    "run.log_format": "how the log looks",
+}
 
 
-def request_identity(config: Config) -> dict:
-    """The settings besides a row's own that decide its pixels (hashed into each record's request_hash)."""
+@dataclass(frozen=True)
+class Identity:
+    """The run settings and weight digests shared by every row, and the safety checker's digest."""
+
+    settings: dict
+    checker: str | None = None
+
+    @functools.cached_property
+    def _prefixes(self) -> tuple[str, str]:
+        """Per row, only its parameters are serialized: a million rows hash in about a second."""
+        run = json.dumps(self.settings, sort_keys=True, default=str)
+        checked = json.dumps({"run": self.settings, "checker": self.checker}, sort_keys=True, default=str)
+        return run, checked
+
+    def request_hash(self, row: Row) -> str:
+        return self.request_hashes([[value] for value in row.params().values()])[0]
+
+    def request_hashes(self, columns: list[list]) -> list[str]:
+        """One hash per row from its PARAM_COLUMNS values, column by column (a million rows in seconds)."""
+        prefixes = self._prefixes
+        hashes = []
+        for *params, checked in zip(*columns, strict=True):
+            # Valid cells hold no control characters, so the unit separator keeps the fields apart.
+            text = prefixes[checked] + "\x1e" + "\x1f".join(map(str, params))
+            hashes.append(hashlib.sha256(text.encode()).hexdigest())
+        return hashes
+
+
+def request_identity(config: Config, sources) -> Identity:
+    """`sources`: the resolved `model.sources.Sources` (local paths, or hub ids with their revision)."""
     m = config.model
-    return {
-        "base": m.base,
+    single_file = Path(sources.base).is_file()
+    settings = {
+        "base": _digest(sources.base, sources, m.variant),
+        "base_config": _digest(m.base_config, sources) if m.base_config and single_file else None,
         "variant": m.variant,
-        "vae": m.vae,
-        "layerdiffuse": m.layerdiffuse,
-        "unet_weights": m.unet_weights_file,
-        "decoder_weights": m.decoder_weights,
-        "injection": m.injection,
-        "strength": m.strength,
-        "scheduler": m.scheduler,
-        "safety_checker": m.safety_checker,
-        "dtype": m.dtype,
+        "vae": _digest(sources.vae, sources) if sources.vae else None,
+        "unet_weights": _digest(sources.unet_weights, sources),
+        "decoder_weights": _digest(sources.decoder_weights, sources),
+        **{name: getattr(m, name) for name in ("injection", "strength", "scheduler", "dtype", "vae_tiling")},
         "tta": config.run.tta,
-        "batch_size": config.run.batch_size,
     }
+    checker = _digest(sources.safety_checker, sources) if sources.safety_checker else None
+    return Identity(settings, checker)
+
+
+def _digest(source: str, sources, variant: str | None = None) -> str:
+    """sha256 of a file or folder's content; a hub repo by its cached snapshot's commit."""
+    path = Path(source).expanduser()
+    if path.is_file():
+        return sha256_file(path)
+    if path.is_dir():
+        return sha256_folder(path, variant)
+    return f"{source}@{sources.revisions.get(source, 'unresolved')}"
 
 
 def model_label(config: Config) -> str:

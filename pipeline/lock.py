@@ -8,12 +8,15 @@ The lock files carry the holder's pid, host and start time, for the message a re
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import os
 import socket
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
+from .fingerprint import cache_dir
 from .logs import utc_now
 
 LOCK = ".lock"
@@ -84,3 +87,31 @@ def _held(path: Path) -> bool:
         return True
     finally:
         os.close(fd)
+
+
+@contextmanager
+def lock_folder(storage, process, shard=None):
+    """One run per output folder. The main process of a launch locks for all of its processes; shard jobs
+    lock for themselves. Object stores have no locks: a remote folder is locked on this machine only."""
+    lock, refusal = None, None
+    if process.is_main or not process.launched:
+        try:
+            lock = FolderLock(_lock_folder(storage), shard)
+        except FolderLocked as exc:
+            refusal = str(exc)
+    refusal = process.share_from_main(refusal)
+    if refusal:
+        raise FolderLocked(refusal)
+    try:
+        yield
+    finally:
+        if lock:
+            lock.release()
+
+
+def _lock_folder(storage) -> Path:
+    if storage.is_local:
+        return storage.local()
+    folder = cache_dir() / "locks" / hashlib.sha256(str(storage).encode()).hexdigest()[:32]
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder

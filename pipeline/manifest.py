@@ -1,128 +1,165 @@
-"""Manifest records: reading the per-process parts, picking each row's latest outcome, merging in input order."""
+"""The manifest: every row's latest record, in input order, merged from the part logs.
+
+A merge writes `manifest.parquet` and `manifest.jsonl` for readers (only once every row has an outcome) and
+`parts/checkpoint.parquet`: the same records in the logs' own form with the byte offsets of the logs it
+consumed, so that later starts read the checkpoint's columns and only what the logs gained since. Nothing is
+rewritten when nothing changed.
+"""
 
 from __future__ import annotations
 
 import json
-from pathlib import Path
+from dataclasses import dataclass
 
-from .logs import utc_now
-from .records import MANIFEST_FIELDS, PARAM_COLUMNS, STATUS_INVALID, Batch, InvalidRow, Row
-from .writer import write_atomic
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
-PARTS = "parts"
+from .faults import fault_point
+from .parts import read_new, record_from_part
+from .schema import CONTEXT_FIELDS, PART_SCHEMA, SCHEMA, to_arrow
+from .storage import Storage
+
 MANIFEST_JSONL = "manifest.jsonl"
 MANIFEST_PARQUET = "manifest.parquet"
+CHECKPOINT = "parts/checkpoint.parquet"
+KEYS = "parts/keys.parquet"
 RUN_INFO = "run.json"
+STATE_COLUMNS = ["id", "status", "request_hash", "image", "sha256"]
+CHECKPOINT_SCHEMA = pa.schema([*PART_SCHEMA, *(SCHEMA.field(name) for name in CONTEXT_FIELDS)])
+_CONSUMED, _PASSTHROUGH = b"layerdiffuse.consumed", b"layerdiffuse.passthrough"
+CHUNK = 65_536  # rows per row group: memory stays flat while a million rows are written
 
 
-def part_paths(out_dir: Path) -> list[Path]:
-    """Parts sort by their names, which start with the run's start time: later parts win."""
-    return sorted((out_dir / PARTS).glob("*.jsonl"))
+@dataclass(frozen=True)
+class Merged:
+    rows: int
+    unfinished: int  # failed or invalid rows
+    rewritten: bool  # False: the manifest already said all of it
 
 
-def read_part(path: Path) -> list[dict]:
-    """Complete lines only: a line cut short by a crash is ignored (its row is simply redone)."""
-    records = []
-    with path.open(encoding="utf-8") as lines:
-        for line in lines:
-            if not line.endswith("\n"):
-                break
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue
-    return records
+def write_keys(storage: Storage, keys: list[str], passthrough: list[str]) -> None:
+    """The table's row keys in input order and its passthrough columns; rewritten only when they change."""
+    table = pa.table({"id": pa.array(keys, pa.string())})
+    metadata = {_PASSTHROUGH: json.dumps(passthrough).encode()}
+    try:
+        old = pq.read_table(storage.path(KEYS), filesystem=storage.fs)
+        if old.column("id").equals(table.column("id")) and old.schema.metadata == metadata:
+            return
+    except (FileNotFoundError, pa.ArrowInvalid, OSError):
+        pass
+    storage.write(KEYS, _parquet_bytes(table.replace_schema_metadata(metadata)))
 
 
-def latest_records(out_dir: Path) -> dict[str, dict]:
-    """{row key: its most recent record} over every part."""
-    latest: dict[str, dict] = {}
-    for path in part_paths(out_dir):
-        for record in read_part(path):
-            latest[record["id"]] = record
-    return latest
+def read_keys(storage: Storage) -> tuple[pa.Array, list[str]]:
+    """(row keys in input order, passthrough column names) of the folder's table."""
+    if not storage.exists(KEYS):  # a folder of an earlier version: the keys are in run.json
+        return pa.array(read_run_info(storage)["keys"], pa.string()), []
+    table = pq.read_table(storage.path(KEYS), filesystem=storage.fs)
+    return table.column("id").combine_chunks(), json.loads(table.schema.metadata[_PASSTHROUGH])
 
 
-def row_record(row: Row, batch: Batch, request: str, context: dict, **outcome) -> dict:
-    """A generated (or failed) row's record: passthrough columns, parameters, outcome, provenance."""
-    record = {**row.extra, **dict.fromkeys(MANIFEST_FIELDS)}
-    record.update(id=row.key, row=row.number, **row.params(), request_hash=request, batch_index=batch.index,
-                  batch_size=len(batch.rows), finished_at=utc_now(), **context, **outcome)  # fmt: skip
-    return record
+def folder_state(storage: Storage, columns: list[str] | None = None) -> pa.Table:
+    """Every row's latest record (checkpoint, then the logs' new lines), one row per id, any order."""
+    old, consumed = _checkpoint(storage, columns)
+    new, _ = read_new(storage, consumed, columns)
+    return _latest(pa.concat_tables([old, new.select(old.column_names)]))
 
 
-def invalid_record(row: InvalidRow) -> dict:
-    """Parameters stay null (their cells may be of any type); the raw cells are kept as text in `input`."""
-    extra = {k: v for k, v in row.values.items() if k != "id" and k not in PARAM_COLUMNS}
-    cells = {k: None if v is None else str(v) for k, v in row.values.items()}
-    record = {**extra, **dict.fromkeys(MANIFEST_FIELDS)}
-    record.update(id=row.key, row=row.number, status=STATUS_INVALID, error=row.error, input=cells)
-    return record
-
-
-def merge(out_dir: Path, keys: list[str] | None = None) -> list[dict] | None:
-    """Write the merged manifest once every row has an outcome and return its records; else None.
+def merge(storage: Storage, keys: pa.Array | None = None, passthrough: list[str] | None = None) -> Merged | None:
+    """Write the manifest once every row has an outcome; None while some row has none.
 
     Any process may call it at any time: the manifest is complete or not written, and writes are atomic.
     """
-    keys = keys if keys is not None else read_run_info(out_dir)["keys"]
-    latest = latest_records(out_dir)
-    if any(key not in latest for key in keys):
+    if keys is None:
+        keys, passthrough = read_keys(storage)
+    keys = pa.array(keys, pa.string())
+    if pc.any(pc.invert(pc.is_in(keys, folder_state(storage, ["id"]).column("id")))).as_py():
+        return None  # a cheap look first: most processes of a launch finish before the last one
+    old, consumed = _checkpoint(storage)
+    new, offsets = read_new(storage, consumed)
+    if new.num_rows == 0 and old.column("id").combine_chunks().equals(keys):
+        return Merged(len(keys), _unfinished(old), rewritten=False)
+    records = pa.concat_tables([old, new.select(old.column_names)])
+    latest = _last_positions(records)
+    take = pc.take(latest.column("__last"), pc.index_in(keys, latest.column("id")))
+    if take.null_count:
         return None
-    records = [latest[key] for key in keys]
-    write_manifest(out_dir, records)
-    return records
+    ordered = records.take(take)
+    _write(storage, ordered, passthrough or [], offsets)
+    return Merged(len(keys), _unfinished(ordered), rewritten=True)
 
 
-def missing_keys(out_dir: Path) -> list[str]:
+def missing_keys(storage: Storage) -> list[str]:
     """Rows of the folder's table that have no outcome yet."""
-    latest = latest_records(out_dir)
-    return [key for key in read_run_info(out_dir)["keys"] if key not in latest]
+    keys, _ = read_keys(storage)
+    have = folder_state(storage, ["id"]).column("id")
+    return keys.filter(pc.invert(pc.is_in(keys, have))).to_pylist()
 
 
-def write_run_info(out_dir: Path, info: dict) -> None:
-    write_atomic(out_dir / RUN_INFO, (json.dumps(info, indent=1, default=str) + "\n").encode())
+def latest_records(storage: Storage) -> dict[str, dict]:
+    """{row key: its latest record, as in manifest.jsonl} (whole records: for small folders and tests)."""
+    return {r["id"]: r for r in map(record_from_part, folder_state(storage).to_pylist())}
 
 
-def read_run_info(out_dir: Path) -> dict:
-    """What `generate` recorded about the table: input path, row count and row keys in input order."""
-    return json.loads((out_dir / RUN_INFO).read_text(encoding="utf-8"))
-
-
-def write_manifest(out_dir: Path, records: list[dict]) -> None:
-    """manifest.jsonl and manifest.parquet, each replaced atomically."""
-    lines = "".join(json.dumps(r, ensure_ascii=False, default=str) + "\n" for r in records)
-    write_atomic(out_dir / MANIFEST_JSONL, lines.encode("utf-8"))
-    write_atomic(out_dir / MANIFEST_PARQUET, _parquet_bytes(records))
-
-
-def _parquet_bytes(records: list[dict]) -> bytes:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    # JSON round trip: values as in manifest.jsonl (e.g. dates as text).
-    plain = [json.loads(json.dumps(r, default=str)) for r in records]
+def _checkpoint(storage: Storage, columns: list[str] | None = None) -> tuple[pa.Table, dict[str, int]]:
     try:
-        table = pa.Table.from_pylist(plain)
-    except (pa.ArrowInvalid, pa.ArrowTypeError):
-        table = pa.Table.from_pylist(_text_where_mixed(plain))
+        table = pq.read_table(storage.path(CHECKPOINT), filesystem=storage.fs, columns=columns)
+    except (FileNotFoundError, OSError, pa.ArrowInvalid):
+        schema = CHECKPOINT_SCHEMA if columns is None else pa.schema([CHECKPOINT_SCHEMA.field(c) for c in columns])
+        return schema.empty_table(), {}
+    return table.replace_schema_metadata(None), json.loads(table.schema.metadata[_CONSUMED])
+
+
+def _last_positions(records: pa.Table) -> pa.Table:
+    """id -> position of its last record (later parts and later lines win)."""
+    order = pa.table({"id": records.column("id"), "__last": pa.array(range(records.num_rows), pa.int64())})
+    return order.group_by("id", use_threads=False).aggregate([("__last", "max")]).rename_columns(["id", "__last"])
+
+
+def _latest(records: pa.Table) -> pa.Table:
+    return records.take(_last_positions(records).column("__last"))
+
+
+def _unfinished(records: pa.Table) -> int:
+    return records.num_rows - pc.sum(pc.equal(records.column("status"), "ok")).as_py() if records.num_rows else 0
+
+
+def _write(storage: Storage, ordered: pa.Table, passthrough: list[str], offsets: dict[str, int]) -> None:
+    """manifest.parquet, manifest.jsonl, then the checkpoint (last: until it lands, the logs still count),
+    a chunk of rows at a time."""
+    schema = to_arrow([], passthrough).schema
+    with (
+        storage.open_atomic(MANIFEST_JSONL, moment="manifest_parquet_written") as jsonl,
+        storage.open_atomic(MANIFEST_PARQUET) as handle,
+        pq.ParquetWriter(handle, schema) as writer,
+    ):
+        for chunk in _chunks(ordered):
+            records = [record_from_part(r) for r in chunk.to_pylist()]
+            writer.write_table(to_arrow(records, passthrough))
+            jsonl.write("".join(json.dumps(r, ensure_ascii=False, default=str) + "\n" for r in records).encode())
+    fault_point("manifest_jsonl_written")
+    schema = CHECKPOINT_SCHEMA.with_metadata({_CONSUMED: json.dumps(offsets).encode()})
+    with storage.open_atomic(CHECKPOINT) as handle, pq.ParquetWriter(handle, schema) as writer:
+        for chunk in _chunks(ordered):
+            writer.write_table(chunk.cast(schema))
+
+
+def _chunks(table: pa.Table):
+    for start in range(0, table.num_rows, CHUNK):
+        yield table.slice(start, CHUNK)
+
+
+def _parquet_bytes(table: pa.Table) -> bytes:
     sink = pa.BufferOutputStream()
     pq.write_table(table, sink)
     return sink.getvalue().to_pybytes()
 
 
-def _text_where_mixed(records: list[dict]) -> list[dict]:
-    """Columns whose values differ in type across rows (passthrough columns of JSON Lines) become JSON text."""
-    kinds: dict[str, set] = {}
-    for record in records:
-        for key, value in record.items():
-            if value is not None:
-                kinds.setdefault(key, set()).add(float if isinstance(value, int) and not isinstance(value, bool)
-                                                 else type(value))  # fmt: skip
-    mixed = {key for key, types in kinds.items() if len(types) > 1}
-    return [{k: json.dumps(v) if k in mixed and v is not None else v for k, v in r.items()} for r in records]
+def write_run_info(storage: Storage, info: dict) -> None:
+    storage.write(RUN_INFO, (json.dumps(info, indent=1, default=str) + "\n").encode())
 
 
-def read_manifest(out_dir: Path) -> list[dict]:
-    path = out_dir / MANIFEST_JSONL
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
+def read_run_info(storage: Storage) -> dict:
+    """What `generate` recorded about the run: input, row count, configuration, statistics."""
+    return json.loads(storage.read_bytes(RUN_INFO))

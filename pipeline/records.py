@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Any
 
 # Columns a table may carry that configure a row; every other column is passed through.
@@ -16,7 +17,19 @@ PARAM_COLUMNS = (
     "height",
     "enable_safety_checker",
 )
-STATUS_OK, STATUS_FAILED, STATUS_INVALID = "ok", "failed", "invalid"
+# Rows are denoised together only when they share these (one sampling call per batch).
+BATCH_FIELDS = ("width", "height", "num_inference_steps", "guidance_scale")
+
+
+class Status(str, Enum):
+    """A row's `status` in the manifest; a row the safety checker flagged is `ok` with has_nsfw_concepts."""
+
+    OK = "ok"
+    FAILED = "failed"
+    INVALID = "invalid"
+
+    def __str__(self) -> str:
+        return self.value
 
 
 @dataclass(frozen=True)
@@ -40,8 +53,7 @@ class Row:
 
     @property
     def batch_signature(self) -> tuple:
-        """Rows batch together only when they share these (one denoising call per batch)."""
-        return (self.width, self.height, self.num_inference_steps, self.guidance_scale)
+        return tuple(getattr(self, name) for name in BATCH_FIELDS)
 
 
 @dataclass(frozen=True)
@@ -62,26 +74,3 @@ class Batch:
 
     index: int
     rows: tuple[Row, ...]
-
-
-# Every manifest record has these fields; passthrough columns may not reuse the names.
-MANIFEST_FIELDS = (
-    "id",
-    "row",
-    "status",
-    "error",
-    *PARAM_COLUMNS,
-    "has_nsfw_concepts",
-    "image",
-    "sha256",
-    "request_hash",
-    "batch_index",
-    "batch_size",
-    "generation_seconds",
-    "write_seconds",
-    "finished_at",
-    "rank",
-    "model",
-    "environment",
-    "input",
-)

@@ -1,7 +1,9 @@
-"""A look at a run, from its manifest alone: a self-contained HTML gallery and a contact sheet.
+"""A look at a run, from its manifest alone: a self-contained, paginated HTML gallery and a contact sheet.
 
-Both show transparency over a checkerboard (or a chosen colour). Thumbnails are cached in
-`DIR/thumbs/` under names that carry the source's sha256, so they are rebuilt only when it changes.
+Both show transparency over a checkerboard (or a chosen colour). Thumbnails are cached in `DIR/thumbs/`
+(the same subfolders as the images) under names that carry the source's sha256: they are found with one
+listing per folder, made in parallel only when missing or stale, and the gallery is cut into pages, so a
+report of a million rows takes time and memory in proportion to what changed and to one page.
 """
 
 from __future__ import annotations
@@ -10,20 +12,27 @@ import html
 import io
 import json
 import math
+import os
 import re
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import pyarrow.parquet as pq
 from PIL import Image, ImageColor, ImageDraw, ImageFont
 
-from .manifest import MANIFEST_JSONL, latest_records, read_manifest, read_run_info
-from .writer import write_atomic
+from .manifest import MANIFEST_PARQUET, folder_state, read_keys, read_run_info
+from .parts import record_from_part
+from .records import Status
+from .storage import Storage
 
 THUMBS = "thumbs"
 REPORT = "report.html"
+PAGES = "report"  # pages 2, 3, ... as report/page-00002.html
 CONTACT_SHEET = "contact_sheet.png"
 CHECKER_COLOURS = ((204, 204, 204), (255, 255, 255))
 BACKGROUND_HELP = "checker, white, black or #rrggbb"
+PAGE_SIZE = 1000
 
 
 def parse_background(text: str) -> str:
@@ -32,76 +41,160 @@ def parse_background(text: str) -> str:
     raise ValueError(f"background must be {BACKGROUND_HELP}, got {text!r}")
 
 
-def run_records(out_dir: Path) -> list[dict]:
-    """The merged manifest, or for a run still under way, every row's latest record so far."""
-    if (out_dir / MANIFEST_JSONL).exists():
-        return read_manifest(out_dir)
-    latest = latest_records(out_dir)
-    return [latest[k] for k in read_run_info(out_dir)["keys"] if k in latest]
+def run_records(storage: Storage, chunk: int = PAGE_SIZE):
+    """(row count, the records in input order chunk by chunk): the merged manifest, or for a run still under
+    way, every row's latest record so far."""
+    if storage.exists(MANIFEST_PARQUET):
+        manifest = pq.ParquetFile(storage.path(MANIFEST_PARQUET), filesystem=storage.fs)
+        batches = manifest.iter_batches(batch_size=chunk)
+        return manifest.metadata.num_rows, ([_from_parquet(r) for r in batch.to_pylist()] for batch in batches)
+    import pyarrow.compute as pc
+
+    keys, _ = read_keys(storage)
+    state = folder_state(storage)
+    ordered = state.take(pc.drop_null(pc.index_in(keys, state.column("id"))))
+    slices = (ordered.slice(i, chunk) for i in range(0, ordered.num_rows, chunk))
+    return ordered.num_rows, ([record_from_part(r) for r in part.to_pylist()] for part in slices)
 
 
-def build_report(out_dir: Path, background: str = "checker", sheet_count: int = 64, thumb_size: int = 192):
-    """Write DIR/report.html and DIR/contact_sheet.png; returns their paths."""
-    records = run_records(out_dir)
-    thumbs = {r["id"]: thumbnail(out_dir, r, thumb_size) for r in records if _has_image(out_dir, r)}
-    page = render_html(records, thumbs, _summary(out_dir, records), background)
-    write_atomic(out_dir / REPORT, page.encode("utf-8"))
-    sheet = contact_sheet(out_dir, [r for r in records if r["id"] in thumbs][:sheet_count], background)
-    write_atomic(out_dir / CONTACT_SHEET, sheet)
-    return out_dir / REPORT, out_dir / CONTACT_SHEET
+def _from_parquet(record: dict) -> dict:
+    """Arrow gives the raw cells of an invalid row as (key, value) pairs."""
+    if record.get("input") is not None:
+        record["input"] = dict(record["input"])
+    return record
 
 
-def _has_image(out_dir: Path, record: dict) -> bool:
-    return record.get("status") == "ok" and (out_dir / record["image"]["url"]).is_file()
+def build_report(storage: Storage, background: str = "checker", sheet_count: int = 64, thumb_size: int = 192,
+                 page_size: int = PAGE_SIZE) -> tuple[str, str]:  # fmt: skip
+    """Write DIR/report.html (the first page and the run summary), DIR/report/page-*.html and
+    DIR/contact_sheet.png; returns the paths (or URLs) of the first page and the sheet."""
+    total, chunks = run_records(storage, page_size)
+    pages = max(1, math.ceil(total / page_size))
+    thumbs = Thumbnails(storage, thumb_size)
+    summary, first, sheet = _Summary(), None, []
+    for number, records in enumerate(chunks, 1):
+        summary.add(records)
+        found = thumbs.for_records(records)
+        sheet += [r for r in records if r["id"] in found][: sheet_count - len(sheet)]
+        if number == 1:
+            first = (records, found)
+        else:
+            page = render_html(records, found, "", background, number, pages, base="../")
+            storage.write(_page_name(number), page.encode("utf-8"))
+    records, found = first or ([], {})
+    page = render_html(records, found, _summary_html(summary.facts(_info(storage))), background, 1, pages)
+    storage.write(REPORT, page.encode("utf-8"))
+    storage.write(CONTACT_SHEET, contact_sheet(storage, sheet, background))
+    return storage.shown(REPORT), storage.shown(CONTACT_SHEET)
 
 
-def thumbnail(out_dir: Path, record: dict, size: int) -> str:
-    """Path (relative to DIR) of the record's thumbnail, made only if its source changed."""
-    folder = out_dir / THUMBS
-    folder.mkdir(exist_ok=True)
-    name = f"{record['id']}.{(record.get('sha256') or 'unknown')[:16]}.{size}.png"
-    if not (folder / name).exists():
-        for stale in folder.glob(f"{record['id']}.*.png"):
-            stale.unlink()
-        with Image.open(out_dir / record["image"]["url"]) as image:
-            image = image.convert("RGBA")
-            image.thumbnail((size, size), Image.Resampling.LANCZOS)
-            image.save(folder / name, format="PNG", compress_level=1)
-    return f"{THUMBS}/{name}"
+def _page_name(number: int) -> str:
+    return REPORT if number == 1 else f"{PAGES}/page-{number:05d}.html"
 
 
-def _summary(out_dir: Path, records: list[dict]) -> dict:
-    statuses = Counter(r.get("status") for r in records)
-    ok = [r for r in records if r.get("status") == "ok"]
-    seconds = sum(r.get("generation_seconds") or 0 for r in ok)
+def _info(storage: Storage) -> dict:
     try:
-        info = read_run_info(out_dir)
+        return read_run_info(storage)
     except (OSError, ValueError):
-        info = {}
-    return {
-        "rows": len(records),
-        "ok": statuses.get("ok", 0),
-        "flagged": sum(r.get("has_nsfw_concepts") is True for r in records),
-        "failed": statuses.get("failed", 0),
-        "invalid": statuses.get("invalid", 0),
-        "generation_seconds": round(seconds, 2),
-        "seconds_per_image": round(seconds / len(ok), 3) if ok else None,
-        "started_at": info.get("started_at"),
-        "input": info.get("input"),
-        "model": (ok[0].get("model") or {}) if ok else {},
-        "sizes": sorted({f"{r['width']}x{r['height']}" for r in ok}),
-        "steps": sorted({r["num_inference_steps"] for r in ok}),
-        "guidance": sorted({r["guidance_scale"] for r in ok}),
-    }
+        return {}
 
 
-def _card(record: dict, thumbs: dict[str, str]) -> dict:
+class Thumbnails:
+    """Cached thumbnails: one listing per thumbnail folder, then only the missing ones are made."""
+
+    def __init__(self, storage: Storage, size: int):
+        self.storage, self.size = storage, size
+        self._listings: dict[str, set[str]] = {}
+
+    def for_records(self, records: list[dict]) -> dict[str, str]:
+        """{id: thumbnail path relative to DIR} for the records with an image; stale ones are replaced."""
+        wanted = {r["id"]: self._name(r) for r in records if _has_image(r)}
+        missing = [r for r in records if r["id"] in wanted and wanted[r["id"]].rsplit("/", 1)[-1] not in
+                   self._listing(wanted[r["id"]].rsplit("/", 1)[0])]  # fmt: skip
+        workers = min(8, os.cpu_count() or 1)
+        with ThreadPoolExecutor(max_workers=workers) as pool:  # decoding and resizing release the GIL
+            made = dict(zip([r["id"] for r in missing], pool.map(self._make, missing), strict=True))
+        return {key: name for key, name in wanted.items() if made.get(key, True)}
+
+    def _name(self, record: dict) -> str:
+        folder, _, file = record["image"]["url"].removeprefix("images/").rpartition("/")
+        stem = file.removesuffix(".png")
+        name = f"{stem}.{(record.get('sha256') or 'unknown')[:16]}.{self.size}.png"
+        return f"{THUMBS}/{folder}/{name}" if folder else f"{THUMBS}/{name}"
+
+    def _listing(self, folder: str) -> set[str]:
+        if folder not in self._listings:
+            self._listings[folder] = set(self.storage.sizes(folder))
+        return self._listings[folder]
+
+    def _make(self, record: dict) -> bool:
+        """Write the thumbnail and remove the stale ones of the same image; False if the image is unreadable."""
+        name = self._name(record)
+        folder, _, file = name.rpartition("/")
+        try:
+            with Image.open(io.BytesIO(self.storage.read_bytes(record["image"]["url"]))) as image:
+                image = image.convert("RGBA")
+                image.thumbnail((self.size, self.size), Image.Resampling.LANCZOS)
+                buffer = io.BytesIO()
+                image.save(buffer, format="PNG", compress_level=1)
+        except (OSError, ValueError):
+            return False
+        self.storage.write(name, buffer.getvalue())
+        stem = file.rsplit(".", 3)[0]
+        for stale in [n for n in self._listing(folder) if n.rsplit(".", 3)[0] == stem and n != file]:
+            self.storage.remove(f"{folder}/{stale}")
+        return True
+
+
+def _has_image(record: dict) -> bool:
+    return record.get("status") == Status.OK.value and bool(record.get("image"))
+
+
+class _Summary:
+    """The run summary, added up page by page."""
+
+    def __init__(self):
+        self.statuses: Counter = Counter()
+        self.flagged, self.seconds, self.model = 0, 0.0, None
+        self.sizes, self.steps, self.guidance = set(), set(), set()
+
+    def add(self, records: list[dict]) -> None:
+        for r in records:
+            self.statuses[r.get("status")] += 1
+            self.flagged += r.get("has_nsfw_concepts") is True
+            if r.get("status") == Status.OK.value:
+                self.seconds += r.get("generation_seconds") or 0
+                self.model = self.model or r.get("model") or {}
+                self.sizes.add(f"{r['width']}x{r['height']}")
+                self.steps.add(r["num_inference_steps"])
+                self.guidance.add(r["guidance_scale"])
+
+    def facts(self, info: dict) -> dict:
+        ok = self.statuses.get(Status.OK.value, 0)
+        return {
+            "rows": sum(self.statuses.values()),
+            "ok": ok,
+            "flagged": self.flagged,
+            "failed": self.statuses.get(Status.FAILED.value, 0),
+            "invalid": self.statuses.get(Status.INVALID.value, 0),
+            "generation_seconds": round(self.seconds, 2),
+            "seconds_per_image": round(self.seconds / ok, 3) if ok else None,
+            "started_at": info.get("started_at") or info.get("finished_at"),
+            "input": info.get("input"),
+            "model": self.model or {},
+            "sizes": sorted(self.sizes),
+            "steps": sorted(self.steps),
+            "guidance": sorted(self.guidance),
+        }
+
+
+def _card(record: dict, thumbs: dict[str, str], base: str = "") -> dict:
     flagged = record.get("has_nsfw_concepts") is True
     status = "flagged" if flagged else record.get("status") or "unknown"
     card = {"id": record["id"], "prompt": record.get("prompt") or "", "seed": record.get("seed"), "status": status,
             "error": record.get("error") or ("flagged by the safety checker" if flagged else "")}  # fmt: skip
     if record["id"] in thumbs:
-        card.update(thumb=thumbs[record["id"]], url=record["image"]["url"])
+        card.update(thumb=base + thumbs[record["id"]], url=base + record["image"]["url"])
     if card["status"] == "invalid" and not card["prompt"]:
         card["prompt"] = (record.get("input") or {}).get("prompt") or ""
     return card
@@ -114,15 +207,26 @@ def _background_css(background: str) -> str:
     return f"background: {background};"
 
 
-def render_html(records: list[dict], thumbs: dict[str, str], summary: dict, background: str) -> str:
-    cards = [_card(r, thumbs) for r in records]
+def render_html(records: list[dict], thumbs: dict[str, str], summary: str, background: str, page: int = 1,
+                pages: int = 1, base: str = "") -> str:  # fmt: skip
+    """One gallery page; `base` leads from the page's folder back to DIR."""
+    cards = [_card(r, thumbs, base) for r in records]
     data = json.dumps(cards, ensure_ascii=False).replace("</", "<\\/")  # prompts cannot close the script
     template = (Path(__file__).with_name("report_template.html")).read_text(encoding="utf-8")
     return (
         template.replace("/*BACKGROUND*/", _background_css(background))
-        .replace("<!--SUMMARY-->", _summary_html(summary))
+        .replace("<!--SUMMARY-->", summary)
+        .replace("<!--PAGER-->", _pager(page, pages, base))
         .replace("/*CARDS*/[]", data)
     )
+
+
+def _pager(page: int, pages: int, base: str) -> str:
+    if pages == 1:
+        return ""
+    steps = ((1, "first"), (page - 1, "previous"), (page + 1, "next"), (pages, "last"))
+    links = [f'<a href="{base}{_page_name(n)}">{label}</a>' for n, label in steps if 1 <= n <= pages and n != page]
+    return f'<span class="pager">page {page} of {pages} · {" · ".join(links)}</span>'
 
 
 def _summary_html(s: dict) -> str:
@@ -140,7 +244,7 @@ def _summary_html(s: dict) -> str:
     return "".join(f"<div><dt>{html.escape(k)}</dt><dd>{html.escape(str(v))}</dd></div>" for k, v in facts)
 
 
-def contact_sheet(out_dir: Path, records: list[dict], background: str, tile: int = 256, label: int = 22) -> bytes:
+def contact_sheet(storage: Storage, records: list[dict], background: str, tile: int = 256, label: int = 22) -> bytes:
     """PNG bytes: the images in a grid over the background, ids under each tile."""
     columns = max(1, math.ceil(math.sqrt(len(records))))
     rows = max(1, math.ceil(len(records) / columns))
@@ -149,7 +253,7 @@ def contact_sheet(out_dir: Path, records: list[dict], background: str, tile: int
     font = ImageFont.load_default(size=14)
     for i, record in enumerate(records):
         left, top = (i % columns) * tile, (i // columns) * (tile + label)
-        with Image.open(out_dir / record["image"]["url"]) as image:
+        with Image.open(io.BytesIO(storage.read_bytes(record["image"]["url"]))) as image:
             image = _scale_to_fit(image.convert("RGBA"), tile)
         canvas = background_tile(tile, background)
         canvas.alpha_composite(image, ((tile - image.width) // 2, (tile - image.height) // 2))

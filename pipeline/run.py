@@ -1,40 +1,36 @@
 """The one short loop that composes the stages:
-table -> rows -> batches -> (this process's share of what is not done) -> model -> PNGs -> manifest."""
+table -> rows -> plan -> this process's share of what is not done -> batches -> model -> writer -> manifest."""
 
 from __future__ import annotations
 
+import json
 import signal
 import threading
 import time
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 
 from .config import Config, as_dict
-from .determinism import plan_batches
-from .identity import environment, model_label, request_identity
-from .lock import FolderLock, FolderLocked
+from .determinism import batch_positions
+from .exits import ExitCode
+from .faults import fault_point
+from .identity import Identity, environment, model_label, request_identity
+from .lock import lock_folder
 from .logs import Log, utc_now
-from .manifest import (
-    MANIFEST_JSONL,
-    MANIFEST_PARQUET,
-    PARTS,
-    invalid_record,
-    latest_records,
-    merge,
-    row_record,
-    write_run_info,
-)
-from .records import STATUS_FAILED, STATUS_OK, Batch, Row
-from .resume import request_hash, rows_to_do
-from .sharding import Process, current_process, my_share
+from .manifest import MANIFEST_JSONL, MANIFEST_PARQUET, STATE_COLUMNS, folder_state, merge, write_keys, write_run_info
+from .outcome import Failed, Flagged, Invalid, Outcome, Provenance, Rendered, Skipped, manifest_record
+from .parts import PartWriter, part_stem
+from .pending import decide
+from .records import PARAM_COLUMNS, Batch, Row
+from .schedulers import SCHEDULERS
+from .sharding import Process, candidates, current_process, my_share
+from .storage import Storage, remove_stale_temporaries
 from .table import Table, TableError, load_table
-from .writer import IMAGES, ManifestPart, encode_png, remove_stale_temporaries, write_image
+from .writer import IMAGES, PngSettings, image_url, write_image
 
-EXIT_OK, EXIT_USAGE, EXIT_ROWS, EXIT_MODEL = 0, 2, 3, 4  # 1 stays Python's code for an unexpected error
-EXIT_LOCKED, EXIT_OUTPUT, EXIT_TOO_MANY_FAILURES, EXIT_INTERRUPTED = 5, 6, 7, 130
+STATS = "stats"
 
 
 class TooManyFailures(RuntimeError):
@@ -65,14 +61,14 @@ class Summary:
                 "images_per_second": round(self.images_per_second, 3), "manifest": self.manifest_written}  # fmt: skip
 
     @property
-    def exit_code(self) -> int:
+    def exit_code(self) -> ExitCode:
         if self.interrupted:
-            return EXIT_INTERRUPTED
+            return ExitCode.INTERRUPTED
         if self.launched and not self.manifest_written:
             # The launcher ends every sibling when one process exits non-zero; the process that
             # merges the manifest (the last to finish) reports for the whole run.
-            return EXIT_OK
-        return EXIT_ROWS if self.failed or self.invalid or self.unfinished_in_manifest else EXIT_OK
+            return ExitCode.OK
+        return ExitCode.ROWS if self.failed or self.invalid or self.unfinished_in_manifest else ExitCode.OK
 
 
 @dataclass
@@ -80,17 +76,24 @@ class Job:
     """What one process does, decided before anything is written."""
 
     config: Config
-    out_dir: Path
+    storage: Storage
     process: Process
     log: Log
     batches: list[Batch]  # this process's share
-    todo: set[str]  # keys of every row of the table that needs an image
-    identity: dict
-    latest: dict[str, dict]  # every row's latest record when the run started
+    todo: set[str]  # keys of this process's rows that need an image
+    places: dict[str, str]  # where a redone row's image already is (its recorded url)
+    identity: Identity
+    sources: object  # model.sources.Sources, resolved once
     summary: Summary = field(default_factory=Summary)
+    seconds: dict[str, float] = field(default_factory=dict)  # time per stage, for the run statistics
+
+    def spend(self, stage: str, seconds: float) -> None:
+        self.seconds[stage] = self.seconds.get(stage, 0.0) + seconds
 
 
-def generate(config: Config, input_path: Path, out_dir: Path, shard=None, log: Log | None = None) -> Summary:
+def generate(config: Config, input_path: Path, out: str | Path, shard=None, log: Log | None = None,
+             verify: bool = False) -> Summary:  # fmt: skip
+    """`verify`: re-hash the images of finished rows and redo those whose content changed."""
     started = time.perf_counter()
     process = current_process(shard)
     log = log or Log(config.run.log_format)
@@ -101,116 +104,145 @@ def generate(config: Config, input_path: Path, out_dir: Path, shard=None, log: L
         table = table.without_safety_checker()
     if config.run.strict and table.invalid:
         raise TableError("\n".join(e for row in table.invalid for e in row.errors) + "\n--strict: nothing was run")
-    out_dir.mkdir(parents=True, exist_ok=True)
+    storage = Storage(out)
+    storage.makedirs()
     # 2. one run per folder; 3. plan; 4. render; 5. merge
-    with _folder_lock(out_dir, process, shard):
-        job = _plan(config, table, out_dir, process, log)
-        with ManifestPart(_part_path(out_dir, process)) as part, _stop_on_signals() as stop:
-            _prepare_folder(job, table, input_path, part)
+    with lock_folder(storage, process, shard):
+        job = _plan(config, table, storage, process, log, verify)
+        fault_point("planned")
+        with PartWriter(storage, part_stem(process.rank, process.world_size)) as part, _stop_on_signals(log) as stop:
+            _prepare_folder(job, table, part)
             if job.batches:
                 _render(job, part, stop)
         _merge(job, table)
-    summary = job.summary
-    summary.seconds = time.perf_counter() - started
-    log.event("summary", **summary.counts(), out=str(out_dir))
-    return summary
+        job.summary.seconds = time.perf_counter() - started
+        _write_statistics(job, table, input_path, part.stem)
+    log.event("summary", **job.summary.counts(), out=str(storage))
+    return job.summary
 
 
-@contextmanager
-def _folder_lock(out_dir: Path, process: Process, shard):
-    """The main process of a launch locks for all of its processes; shard jobs lock for themselves."""
-    lock, refusal = None, None
-    if process.is_main or not process.launched:
-        try:
-            lock = FolderLock(out_dir, shard)
-        except FolderLocked as exc:
-            refusal = str(exc)
-    refusal = process.share_from_main(refusal)
-    if refusal:
-        raise FolderLocked(refusal)
-    try:
-        yield
-    finally:
-        if lock:
-            lock.release()
-
-
-def _plan(config: Config, table: Table, out_dir: Path, process: Process, log: Log) -> Job:
+def _plan(config: Config, table: Table, storage: Storage, process: Process, log: Log, verify: bool) -> Job:
     """Batches on the whole table, then this process's share of those with rows not done."""
-    identity = request_identity(config)
-    batches = plan_batches(table.rows, config.run.batch_size)
-    latest = latest_records(out_dir)
-    todo = {r.key for r in table.rows} if config.run.overwrite else rows_to_do(out_dir, batches, latest, identity)
-    mine = my_share(batches, process, pending=lambda b: any(r.key in todo for r in b.rows))
+    from .model.sources import ensure_tiny_model, resolve_sources
+
+    ensure_tiny_model(config.model)
+    sources = resolve_sources(config.model, safety_checker=any(table.valid.params["enable_safety_checker"]))
+    sources.raise_if_missing()
+    identity = request_identity(config, sources)
+    started, cpu = time.perf_counter(), time.process_time()
+    batches = batch_positions(table.valid.signatures(), config.run.batch_size)
+    if process.launched:  # the main process decides for all; the others take its answer
+        pending = _pending(storage, table, identity, batches, config, verify) if process.is_main else None
+        pending = process.share_from_main(pending)
+    else:  # alone, or a shard job that looks at its own slice only
+        pending = _pending(storage, table, identity, [batches[i] for i in candidates(len(batches), process)],
+                           config, verify)  # fmt: skip
+    mine = my_share(range(len(batches)), process, pending=lambda i: any(p in pending.todo for p in batches[i]))
     process.wait_for_peers()  # every process has read the folder before any writes to it
-    summary = Summary(invalid=len(table.invalid), launched=process.launched)
-    summary.skipped = sum(r.key not in todo for r in table.rows) if process.is_main else 0
+    reports = process.is_main or not process.launched  # counts the rows it examined
+    summary = Summary(invalid=len(table.invalid) if process.is_main else 0, launched=process.launched,
+                      skipped=pending.examined - len(pending.todo) if reports else 0)  # fmt: skip
     for row in table.invalid if process.is_main else ():
         log.event("invalid_row", row.error, id=row.key, row=row.number)
-    log.event("plan", input=str(table.path), rows=table.total, invalid=len(table.invalid), to_do=len(todo),
-              batches=len(mine), world_size=process.world_size)  # fmt: skip
-    return Job(config, out_dir, process, log, mine, todo, identity, latest, summary)
+    log.event("plan", input=str(table.path), rows=table.total, invalid=len(table.invalid),
+              to_do=len(pending.todo), batches=len(mine), world_size=process.world_size)  # fmt: skip
+    keys = table.valid.keys
+    own = [Batch(i, tuple(table.valid.row(p) for p in batches[i])) for i in mine]
+    todo = {keys[p] for i in mine for p in batches[i] if p in pending.todo}
+    places = {keys[p]: url for p, url in pending.places.items()}
+    job = Job(config, storage, process, log, own, todo, places, identity, sources, summary)
+    job.spend("decide", time.perf_counter() - started)
+    job.spend("decide_cpu", time.process_time() - cpu)
+    return job
 
 
-def _prepare_folder(job: Job, table: Table, input_path: Path, part: ManifestPart) -> None:
-    out = job.out_dir
-    (out / IMAGES).mkdir(exist_ok=True)
-    remove_stale_temporaries(out / IMAGES)
+@dataclass(frozen=True)
+class Pending:
+    todo: set[int]  # positions of the rows to generate
+    places: dict[int, str]  # {position: recorded image url} of rows to redo that have one
+    examined: int  # rows looked at
+
+
+def _pending(storage: Storage, table: Table, identity: Identity, batches: list[list[int]], config: Config,
+             verify: bool) -> Pending:  # fmt: skip
+    positions = [p for batch in batches for p in batch]
+    valid = table.valid
+    keys = [valid.keys[p] for p in positions]
+    hashes = identity.request_hashes([[valid.params[c][p] for p in positions] for c in PARAM_COLUMNS])
+    decision = decide(storage, keys, folder_state(storage, STATE_COLUMNS), hashes, verify)
+    redo = config.run.overwrite
+    todo = {p for p, done in zip(positions, decision.done, strict=True) if redo or not done}
+    places = {p: url for p, url in zip(positions, decision.urls, strict=True) if url and p in todo}
+    return Pending(todo, places, len(positions))
+
+
+def _prepare_folder(job: Job, table: Table, part: PartWriter) -> None:
+    storage = job.storage
+    if storage.is_local:
+        remove_stale_temporaries(storage.local(IMAGES))
     if job.batches:  # the old manifest would describe files this run replaces: it is rewritten at the end
         for name in (MANIFEST_JSONL, MANIFEST_PARQUET):
-            (out / name).unlink(missing_ok=True)
+            storage.remove(name)
     if not job.process.is_main:
         return
-    info = {"input": str(Path(input_path).resolve()), "total_rows": table.total, "keys": table.keys,
-            "config": as_dict(job.config), "started_at": utc_now()}  # fmt: skip
-    write_run_info(out, info)
-    for row in table.invalid:
-        if job.latest.get(row.key) != invalid_record(row):
-            part.append(invalid_record(row))
+    write_keys(storage, table.keys, list(table.valid.extra))
+    if table.invalid:
+        state = folder_state(storage, ["id", "status", "error"])
+        recorded = dict(zip(state.column("id").to_pylist(), state.column("error").to_pylist(), strict=True))
+        for row in table.invalid:
+            if recorded.get(row.key) != row.error:
+                part.append(manifest_record(row, Invalid(row.errors)))
 
 
-def _render(job: Job, part: ManifestPart, stop: threading.Event) -> None:
+def _render(job: Job, part: PartWriter, stop: threading.Event) -> None:
     from .model import load_model, resolve_device
 
     config, log = job.config, job.log
     started = time.perf_counter()
     needs_checker = any(r.enable_safety_checker for b in job.batches for r in b.rows if r.key in job.todo)
     device = resolve_device(config.model.device, job.process.local_rank)
-    model = load_model(config.model, device, safety_checker=needs_checker)
+    model = load_model(config.model, device, safety_checker=needs_checker, sources=job.sources)
     log.event("model_loaded", seconds=round(time.perf_counter() - started, 2), device=str(model.device))
-    context = {
-        "model": model.identity,
-        "environment": environment(model.device, model.dtype, config, job.process.world_size),
-        "rank": job.process.rank,
-    }
+    job.spend("load_model", time.perf_counter() - started)
+    fault_point("model_loaded")
+    env = environment(model.device, model.dtype, config, job.process.world_size)
+    provenance = Provenance(model.identity, env, job.process.rank)
+    part.set_context(provenance.model, provenance.environment, provenance.rank)
+    png = PngSettings(model_label(config), SCHEDULERS[config.model.scheduler], config.run.png_compress_level)
     writes: list[Future] = []
-    total = sum(r.key in job.todo for b in job.batches for r in b.rows)
-    with _writer(model.device) as writer, log.progress(total) as advance:
+    with _writer(model.device) as writer, log.progress(len(job.todo)) as advance:
         for batch in job.batches:
             if stop.is_set():
                 job.summary.interrupted = True
                 log.event("interrupted", "stopped after the last finished batch; rerun to continue")
                 break
             started = time.perf_counter()
-            outcomes = _generate_batch(model, batch, config, log)
-            share = (time.perf_counter() - started) / len(batch.rows)
-            for future in writes:  # PNG encoding overlaps the next batch; at most one batch in flight
-                future.result()
+            outcomes = _generate_batch(model, batch, job)
+            job.spend("generate", time.perf_counter() - started)
+            fault_point("batch_generated")
+            share = round((time.perf_counter() - started) / len(batch.rows), 4)
+            _finish(writes)  # PNG encoding overlaps the next batch; at most one batch in flight
             writes = []
             for row, outcome in zip(batch.rows, outcomes, strict=True):
-                if row.key not in job.todo:
+                if isinstance(outcome, Skipped):
                     continue
-                if isinstance(outcome, str):
-                    _record_failure(job, part, row, batch, outcome, context)
+                if isinstance(outcome, Failed):
+                    _record_failure(job, part, row, batch, outcome, provenance)
                     advance()
-                else:
-                    writes.append(writer.submit(_write_row, job, part, row, batch, outcome, share, context))
-                    writes[-1].add_done_callback(lambda _f: advance())
-                    job.summary.ok += 1
-                    job.summary.flagged += outcome[1] is True
+                    continue
+                writes.append(writer.submit(_write_row, job, part, row, batch, outcome, share, provenance, png))
+                writes[-1].add_done_callback(lambda _f: advance())
+                job.summary.ok += 1
+                job.summary.flagged += isinstance(outcome, Flagged)
             log.event("batch_done", batch=batch.index, rows=len(batch.rows), seconds=round(share * len(batch.rows), 3))
-        for future in writes:
-            future.result()
+        _finish(writes)
+
+
+def _finish(writes: list[Future]) -> None:
+    for future in writes:
+        future.result()
+    if writes:
+        fault_point("batch_recorded")
 
 
 def _writer(device) -> Executor:
@@ -229,59 +261,76 @@ class InlineExecutor(Executor):
         return future
 
 
-def _generate_batch(model, batch: Batch, config: Config, log: Log) -> list:
-    """Per row, (uint8 RGBA, safety flag) or an error message; a failed batch is retried row by row once."""
+def _generate_batch(model, batch: Batch, job: Job) -> list[Outcome]:
+    """One outcome per row (batch-mates that are done are `Skipped`); a failed batch is retried row by row."""
     from .model import free_memory, generate_rgba, screen
 
-    def attempt(rows) -> list:
+    config = job.config
+
+    def attempt(rows) -> list[Outcome]:
         try:
             images = generate_rgba(model, rows, config.run.tta, config.run.decoder_sub_batch)
             images, flags = screen(model.safety_checker, rows, images)
-            return list(zip(images, flags, strict=True))
+            pairs = zip(images, flags, strict=True)
+            return [Flagged(rgba) if flag else Rendered(rgba, checked=flag is False) for rgba, flag in pairs]
         except Exception as exc:  # e.g. out of memory: one bad batch must not end the run
             free_memory(model)
-            return [f"{type(exc).__name__}: {exc}"] * len(rows)
+            return [Failed(f"{type(exc).__name__}: {exc}")] * len(rows)
 
     outcomes = attempt(batch.rows)
-    if len(batch.rows) > 1 and isinstance(outcomes[0], str):
-        log.event("batch_retry", outcomes[0], batch=batch.index, rows=len(batch.rows))
+    if len(batch.rows) > 1 and isinstance(outcomes[0], Failed):
+        job.log.event("batch_retry", outcomes[0].error, batch=batch.index, rows=len(batch.rows))
         outcomes = [attempt([row])[0] for row in batch.rows]
-    return outcomes
+    return [o if row.key in job.todo else Skipped() for row, o in zip(batch.rows, outcomes, strict=True)]
 
 
-def _record_failure(job: Job, part: ManifestPart, row: Row, batch: Batch, error: str, context: dict) -> None:
-    part.append(row_record(row, batch, request_hash(row, job.identity), context, status=STATUS_FAILED, error=error))
+def _record_failure(job: Job, part: PartWriter, row: Row, batch: Batch, outcome: Failed, provenance) -> None:
+    request = job.identity.request_hash(row)
+    part.append(manifest_record(row, outcome, request_hash=request, batch=batch, provenance=provenance))
     job.summary.failed += 1
-    job.log.event("row_failed", error, id=row.key, row=row.number)
+    job.log.event("row_failed", outcome.error, id=row.key, row=row.number)
     limit = job.config.run.max_failures
     if limit is not None and job.summary.failed > limit:
-        raise TooManyFailures(f"{job.summary.failed} rows failed (--max-failures {limit}); last error: {error}")
+        raise TooManyFailures(f"{job.summary.failed} rows failed (--max-failures {limit}); last error: {outcome.error}")
 
 
-def _write_row(job: Job, part: ManifestPart, row: Row, batch: Batch, outcome, share: float, context: dict) -> None:
-    started = time.perf_counter()
-    rgba, flagged = outcome
-    png = encode_png(rgba, row, model_label(job.config), job.config.run.png_compress_level)
-    written = write_image(job.out_dir, row, png)
-    record = row_record(row, batch, request_hash(row, job.identity), context, status=STATUS_OK,
-                        has_nsfw_concepts=flagged, generation_seconds=round(share, 4), **written)  # fmt: skip
-    record["write_seconds"] = round(time.perf_counter() - started, 4)
-    part.append(record)
+def _write_row(job: Job, part, row: Row, batch: Batch, outcome, share: float, provenance, png: PngSettings) -> None:
+    url = job.places.get(row.key) or image_url(row, job.config.run.images_per_folder)
+    written = write_image(job.storage, url, row, outcome.rgba, png)
+    job.spend("encode", written.encode_seconds)
+    job.spend("write", written.write_seconds - written.encode_seconds)
+    fault_point("png_in_place")
+    part.append(manifest_record(row, outcome, request_hash=job.identity.request_hash(row), batch=batch,
+                                provenance=provenance, written=written, generation_seconds=share))  # fmt: skip
 
 
 def _merge(job: Job, table: Table) -> None:
     """The process that sees every row finished writes the merged manifest."""
     if job.summary.interrupted:
         return
-    records = merge(job.out_dir, table.keys)
-    if records is not None:
+    merged = merge(job.storage, table.keys, list(table.valid.extra))
+    if merged is not None:
         job.summary.manifest_written = True
-        job.summary.unfinished_in_manifest = sum(r["status"] != STATUS_OK for r in records)
+        job.summary.unfinished_in_manifest = merged.unfinished
+
+
+def _write_statistics(job: Job, table: Table, input_path: Path, stem: str) -> None:
+    """Per process `stats/<part>.json` (as img2dataset writes per shard); the main process also `run.json`."""
+    s = job.summary
+    stats = {"rank": job.process.rank, "world_size": job.process.world_size, "rows": table.total, "done": s.ok,
+             "failed": s.failed, "flagged": s.flagged, "skipped": s.skipped, "invalid": s.invalid,
+             "interrupted": s.interrupted, "images_per_second": round(s.images_per_second, 4),
+             "seconds": {"total": round(s.seconds, 3), **{k: round(v, 3) for k, v in job.seconds.items()}}}  # fmt: skip
+    job.storage.write(f"{STATS}/{stem}.json", (json.dumps(stats, indent=1) + "\n").encode())
+    if job.process.is_main:
+        info = {"input": str(Path(input_path).resolve()), "total_rows": table.total, "finished_at": utc_now(),
+                "config": as_dict(job.config), "stats": stats}  # fmt: skip
+        write_run_info(job.storage, info)
 
 
 @contextmanager
-def _stop_on_signals():
-    """SIGINT/SIGTERM ask for a stop after the current batch; a second SIGINT interrupts at once."""
+def _stop_on_signals(log: Log):
+    """SIGINT/SIGTERM ask for a stop after the current batch (said at once); a second SIGINT aborts."""
     stop = threading.Event()
     if threading.current_thread() is not threading.main_thread():
         yield stop
@@ -290,6 +339,9 @@ def _stop_on_signals():
     def request_stop(signum, _frame):
         if stop.is_set() and signum == signal.SIGINT:
             raise KeyboardInterrupt
+        if not stop.is_set():
+            log.event("stopping", f"{signal.Signals(signum).name}: finishing the current batch, then stopping "
+                      "(its images are written; rerun to continue). Press Ctrl-C again to abort at once.")  # fmt: skip
         stop.set()
 
     previous = {s: signal.signal(s, request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
@@ -298,8 +350,3 @@ def _stop_on_signals():
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
-
-
-def _part_path(out_dir: Path, process: Process) -> Path:
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
-    return out_dir / PARTS / f"{stamp}-rank{process.rank:05d}-of-{process.world_size:05d}.jsonl"

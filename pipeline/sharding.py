@@ -58,6 +58,11 @@ def current_process(shard: tuple[int, int] | None = None) -> Process:
     return Process(state.process_index, state.num_processes, state.local_process_index, launched=True)
 
 
+def candidates(count: int, process: Process) -> range:
+    """The batches a process looks at before deciding: a shard job its own slice, everyone else all."""
+    return range(count) if process.launched else range(process.rank, count, process.world_size)
+
+
 def my_share(batches: list[T], process: Process, pending: Callable[[T], bool]) -> list[T]:
     """This process's batches that still need work; no batch is given to two processes.
 

@@ -2,23 +2,24 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+import pyarrow.compute as pc
 
-from .manifest import latest_records, read_run_info
-from .records import STATUS_FAILED, STATUS_INVALID
-from .resume import is_done
+from .manifest import STATE_COLUMNS, folder_state, read_keys
+from .pending import decide
+from .records import Status
+from .storage import Storage
 
 
-def folder_status(out_dir: Path) -> dict[str, int]:
-    info = read_run_info(out_dir)
-    latest = latest_records(out_dir)
-    counts = {"total": info["total_rows"], "done": 0, "failed": 0, "invalid": 0, "pending": 0}
-    for key in info["keys"]:
-        record = latest.get(key)
-        if is_done(out_dir, record):
-            counts["done"] += 1
-        elif record and record.get("status") in (STATUS_FAILED, STATUS_INVALID):
-            counts[record["status"]] += 1
-        else:
-            counts["pending"] += 1
+def folder_status(storage: Storage, verify: bool = False) -> dict[str, int]:
+    """No image is opened unless `verify`, which re-hashes every image and counts changed ones as damaged."""
+    keys, _ = read_keys(storage)
+    state = folder_state(storage, STATE_COLUMNS)
+    decision = decide(storage, keys.to_pylist(), state, verify=verify)
+    statuses = state.column("status").take(pc.index_in(keys, state.column("id"))).to_pylist()
+    counts = {"total": len(keys), "done": sum(decision.done), "failed": 0, "invalid": 0, "pending": 0}
+    for done, status in zip(decision.done, statuses, strict=True):
+        if not done:
+            counts[status if status in (Status.FAILED.value, Status.INVALID.value) else "pending"] += 1
+    if verify:
+        counts["damaged"] = len(decision.damaged)
     return counts

@@ -1,80 +1,104 @@
-"""CSV / Parquet / JSON Lines -> validated rows with stable keys. Bad cells make invalid rows, never a crash."""
+"""CSV / Parquet / JSON Lines -> validated rows with stable keys. Bad cells make invalid rows, never a crash.
+
+Rows are kept column by column: a table of a million rows is a few lists, not a million objects; a `Row` is
+made only for the rows a process generates.
+"""
 
 from __future__ import annotations
 
 import json
-import math
 import re
-from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
 
+from .cells import missing, parse_column, show
 from .config import Defaults
 from .determinism import derive_seed
-from .records import MANIFEST_FIELDS, PARAM_COLUMNS, InvalidRow, Row
+from .records import BATCH_FIELDS, PARAM_COLUMNS, InvalidRow, Row
+from .schema import RESERVED_COLUMNS
 
 ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
-MAX_PROMPT_CHARS = 20_000
-MAX_SEED = 2**64 - 1
-MAX_SIDE = 4096
-MAX_STEPS = 1000
-MAX_GUIDANCE = 50.0
 SUFFIXES = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet", ".jsonl": "jsonl", ".ndjson": "jsonl"}
-TRUE_WORDS, FALSE_WORDS = {"true", "t", "yes", "y", "1"}, {"false", "f", "no", "n", "0"}
-_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
 
 class TableError(ValueError):
     """The table as a whole cannot be used (unreadable, empty, no prompt column, ...)."""
 
 
-class CellError(ValueError):
-    """One cell is wrong; the message says what would be right."""
+@dataclass(frozen=True)
+class RowColumns:
+    """The valid rows, column by column, in input order."""
+
+    numbers: list[int]
+    keys: list[str]
+    params: dict[str, list]  # every PARAM_COLUMNS entry, resolved
+    extra: dict[str, list]  # passthrough columns, as read
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def row(self, i: int) -> Row:
+        params = {name: values[i] for name, values in self.params.items()}
+        extra = {name: values[i] for name, values in self.extra.items()}
+        return Row(number=self.numbers[i], key=self.keys[i], extra=extra, **params)
+
+    def signatures(self) -> list[tuple]:
+        """Per row, the fields that decide which rows batch together."""
+        return list(zip(*(self.params[name] for name in BATCH_FIELDS), strict=True))
 
 
 @dataclass(frozen=True)
 class Table:
     path: Path
     columns: tuple[str, ...]
-    rows: tuple[Row, ...]
+    valid: RowColumns
     invalid: tuple[InvalidRow, ...]
 
     @property
     def total(self) -> int:
-        return len(self.rows) + len(self.invalid)
+        return len(self.valid) + len(self.invalid)
+
+    @property
+    def rows(self) -> list[Row]:
+        """Every valid row as a `Row` (for small tables; large runs make rows per batch)."""
+        return [self.valid.row(i) for i in range(len(self.valid))]
 
     def without_safety_checker(self) -> Table:
         """The run turned the checker off: no row asks for it, whatever its column says."""
-        rows = tuple(replace(r, enable_safety_checker=False) for r in self.rows)
-        return replace(self, rows=rows)
+        params = {**self.valid.params, "enable_safety_checker": [False] * len(self.valid)}
+        return replace(self, valid=replace(self.valid, params=params))
 
     @property
     def keys(self) -> list[str]:
         """Row keys in input order, valid and invalid alike."""
-        return [r.key for r in sorted([*self.rows, *self.invalid], key=lambda r: r.number)]
+        keys = [""] * self.total
+        for number, key in zip(self.valid.numbers, self.valid.keys, strict=True):
+            keys[number - 1] = key
+        for row in self.invalid:
+            keys[row.number - 1] = row.key
+        return keys
 
 
 def load_table(path: str | Path, defaults: Defaults, limit: int | None = None) -> Table:
     """Read and validate a table; only the first `limit` data rows are kept when given."""
     path = Path(path)
-    columns, records = read_records(path)
-    if "prompt" not in columns:
-        raise TableError(f"{path}: no 'prompt' column (columns found: {', '.join(columns) or 'none'}); "
+    names, columns = read_columns(path)
+    if "prompt" not in names:
+        raise TableError(f"{path}: no 'prompt' column (columns found: {', '.join(names) or 'none'}); "
                          "add a 'prompt' column with one text prompt per row")  # fmt: skip
-    clashes = sorted(set(columns) & set(MANIFEST_FIELDS) - {"id", *PARAM_COLUMNS})
+    clashes = sorted(set(names) & RESERVED_COLUMNS)
     if clashes:
         raise TableError(f"{path}: column(s) {clashes} clash with manifest fields; rename them")
-    if not records:
+    if not columns["prompt"]:
         raise TableError(f"{path}: the table has a header but no rows; add at least one row")
     if limit is not None:
-        records = records[:limit]
-    rows, invalid = validate_rows(path, records, defaults)
-    return Table(path, tuple(columns), tuple(rows), tuple(invalid))
+        columns = {name: values[:limit] for name, values in columns.items()}
+    valid, invalid = validate_columns(path, names, columns, defaults)
+    return Table(path, tuple(names), valid, tuple(invalid))
 
 
-def read_records(path: Path) -> tuple[list[str], list[dict[str, Any]]]:
-    """Column names and one dict per data row, with the file's own types (CSV cells are all text)."""
+def read_columns(path: Path) -> tuple[list[str], dict[str, list]]:
+    """Column names and each column's cells, with the file's own types (CSV cells are all text)."""
     kind = SUFFIXES.get(path.suffix.lower())
     if kind is None:
         raise TableError(f"{path}: unknown table type {path.suffix!r}; use .csv, .parquet or .jsonl")
@@ -100,14 +124,15 @@ def _read_csv(path: Path):
     # All cells as text (typed and range-checked per cell below); the BOM is dropped; quoted
     # newlines and commas stay inside their cell.
     frame = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig", engine="c")
-    return [str(c) for c in frame.columns], frame.to_dict("records")
+    names = [str(c) for c in frame.columns]
+    return names, {name: frame[column].tolist() for name, column in zip(names, frame.columns, strict=True)}
 
 
 def _read_parquet(path: Path):
     import pyarrow.parquet as pq
 
     table = pq.read_table(path)
-    return list(table.column_names), table.to_pylist()
+    return list(table.column_names), {name: table.column(name).to_pylist() for name in table.column_names}
 
 
 def _read_jsonl(path: Path):
@@ -124,162 +149,72 @@ def _read_jsonl(path: Path):
                 raise TableError(f'{path}: line {number} must be a JSON object like {{"prompt": "..."}}')
             columns.update(dict.fromkeys(record))
             records.append(record)
-    return list(columns), [{c: r.get(c) for c in columns} for r in records]
+    return list(columns), {c: [r.get(c) for r in records] for c in columns}
 
 
-def validate_rows(path: Path, records: list[dict], defaults: Defaults) -> tuple[list[Row], list[InvalidRow]]:
-    rows, invalid, seen = [], [], {}
-    for number, record in enumerate(records, 1):
-        key, errors = _row_key(record, number)
-        if key.casefold() in seen:
-            errors.append(f"column 'id': value {key!r} is also used by row {seen[key.casefold()]}; ids must be "
-                          "unique (compared ignoring case, as some file systems do)")  # fmt: skip
+def validate_columns(path: Path, names: list[str], columns: dict[str, list], defaults: Defaults):
+    """(the valid rows as columns, the invalid rows); every problem names the file, row and column."""
+    count = len(columns["prompt"])
+    keys, errors = _keys(columns.get("id") or [None] * count)
+    params = {}
+    for name in PARAM_COLUMNS:
+        if name in columns:
+            params[name], cell_errors = parse_column(name, columns[name], defaults)
+            for position, message in cell_errors.items():
+                errors.setdefault(position, []).append(message)
+        else:
+            params[name] = parse_column(name, [None], defaults)[0] * count  # the default, shared
+    extra_names = [n for n in names if n != "id" and n not in PARAM_COLUMNS]
+    invalid = [
+        InvalidRow(i + 1, keys[i], tuple(f"{path}: row {i + 1}, {e}" for e in errors[i]),
+                   {n: columns[n][i] for n in names})
+        for i in sorted(errors)
+    ]  # fmt: skip
+    good = _without(range(count), errors)
+    params = {name: _without(values, errors) for name, values in params.items()}
+    keys = _without(keys, errors)
+    seeds = zip(params["seed"], keys, strict=True)
+    params["seed"] = [derive_seed(defaults.seed, key) if seed is None else seed for seed, key in seeds]
+    extra = {name: _without(columns[name], errors) for name in extra_names}
+    return RowColumns([i + 1 for i in good], keys, params, extra), invalid
+
+
+def _without(values, errors: dict) -> list:
+    return list(values) if not errors else [v for i, v in enumerate(values) if i not in errors]
+
+
+def _keys(ids: list) -> tuple[list[str], dict[int, list[str]]]:
+    """Each row's key (its id, or `row-000001` from its position) and the problems of bad or repeated ids."""
+    keys, errors, seen = [], {}, {}
+    for position, value in enumerate(ids):
+        number = position + 1
+        key, problems = _row_key(value, number)
+        folded = key.casefold()
+        if folded in seen:
+            problems.append(f"column 'id': value {key!r} is also used by row {seen[folded]}; ids must be "
+                            "unique (compared ignoring case, as some file systems do)")  # fmt: skip
             key = f"row-{number:06d}"  # the duplicate is invalid; its record needs a key of its own
             while key.casefold() in seen:
                 key += "_"
-        seen[key.casefold()] = number
-        values, cell_errors = _parse_cells(record, defaults)
-        errors += cell_errors
-        if errors:
-            where = f"{path}: row {number}"
-            invalid.append(InvalidRow(number, key, tuple(f"{where}, {e}" for e in errors), record))
-            continue
-        if values["seed"] is None:
-            values["seed"] = derive_seed(defaults.seed, key)
-        extra = {c: v for c, v in record.items() if c != "id" and c not in values}
-        rows.append(Row(number=number, key=key, extra=extra, **values))
-    return rows, invalid
+            folded = key.casefold()
+        seen[folded] = number
+        keys.append(key)
+        if problems:
+            errors[position] = problems
+    return keys, errors
 
 
-def _row_key(record: dict, number: int) -> tuple[str, list[str]]:
-    value = record.get("id")
-    if _missing(value):
+def _row_key(value, number: int) -> tuple[str, list[str]]:
+    if type(value) is str and ID_PATTERN.fullmatch(value) and not value.endswith("."):
+        return value, []
+    if missing(value):
         return f"row-{number:06d}", []
     if isinstance(value, int) and not isinstance(value, bool):
         value = str(value)
     if not isinstance(value, str) or not ID_PATTERN.fullmatch(value) or value.endswith("."):
         shown = value if isinstance(value, str) else type(value).__name__
         return f"row-{number:06d}", [
-            f"column 'id': value {_show(shown)} is not a safe file name; use 1-128 letters, digits, '.', '_' or '-', "
+            f"column 'id': value {show(shown)} is not a safe file name; use 1-128 letters, digits, '.', '_' or '-', "
             "starting with a letter or digit (no '/', '\\', spaces or leading dots)"
         ]
     return value, []
-
-
-def _column_rules(d: Defaults) -> dict[str, tuple[Callable, Any]]:
-    """Per parameter column: the parser of a cell, and what an empty cell means (None: derived later)."""
-    return {
-        "prompt": (lambda v: _text(v, MAX_PROMPT_CHARS, d.allow_empty_prompt), "" if d.allow_empty_prompt else None),
-        "negative_prompt": (lambda v: _text(v, MAX_PROMPT_CHARS, allow_empty=True), d.negative_prompt),
-        "seed": (lambda v: _int(v, 0, MAX_SEED), None),
-        "guidance_scale": (lambda v: _float(v, 0.0, MAX_GUIDANCE), d.guidance_scale),
-        "num_inference_steps": (lambda v: _int(v, 1, MAX_STEPS), d.num_inference_steps),
-        "width": (_side, d.width),
-        "height": (_side, d.height),
-        "enable_safety_checker": (_bool, d.enable_safety_checker),
-    }
-
-
-def _parse_cells(record: dict, d: Defaults) -> tuple[dict[str, Any], list[str]]:
-    values, errors = {}, []
-    for column, (parse, default) in _column_rules(d).items():
-        raw = record.get(column)
-        try:
-            if not _missing(raw):
-                values[column] = parse(raw)
-            elif column == "prompt" and default is None:
-                raise CellError("is empty; every row needs a prompt (or pass --allow-empty-prompt)")
-            else:
-                values[column] = default
-        except CellError as exc:
-            errors.append(f"column {column!r}: value {_show(raw)} {exc}")
-    return values, errors
-
-
-def check_defaults(d: Defaults, source: str) -> None:
-    """Defaults obey the same rules as cells, so a bad default fails before any row runs."""
-    from .config import ConfigError
-
-    for name, (parse, value) in _column_rules(d).items():
-        if value is None or name == "prompt":
-            continue  # no default to check: seeds are derived, prompts come from the rows
-        try:
-            parse(value)
-        except CellError as exc:
-            raise ConfigError(f"{source}: default {name} = {value!r} {exc}") from None
-
-
-def _missing(value) -> bool:
-    return value is None or (isinstance(value, float) and math.isnan(value)) or value == ""
-
-
-def _show(value) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
-def _text(value, max_chars: int, allow_empty: bool = False) -> str:
-    if not isinstance(value, str):
-        raise CellError(f"is a {type(value).__name__}; it must be text")
-    if not allow_empty and not value.strip():
-        raise CellError("is blank; write a prompt")
-    if len(value) > max_chars:
-        raise CellError(f"has {len(value)} characters; the limit is {max_chars} (CLIP reads only ~77 tokens)")
-    if bad := _CONTROL.search(value):
-        raise CellError(f"contains control character U+{ord(bad.group()):04X}; remove it")
-    return value
-
-
-def _int(value, low: int, high: int) -> int:
-    number = _number(value)
-    if isinstance(number, float):
-        if not number.is_integer() or abs(number) > 2**53:
-            raise CellError(f"is not a whole number; write an integer between {low} and {high}")
-        number = int(number)
-    if not low <= number <= high:
-        raise CellError(f"is out of range; use an integer between {low} and {high}")
-    return number
-
-
-def _float(value, low: float, high: float) -> float:
-    number = float(_number(value))
-    if not low <= number <= high:
-        raise CellError(f"is out of range; use a number between {low:g} and {high:g}")
-    return number
-
-
-def _number(value) -> int | float:
-    if isinstance(value, bool):
-        raise CellError("is true/false; it must be a number")
-    if isinstance(value, str):
-        text = value.strip()
-        try:
-            value = int(text)
-        except ValueError:
-            try:
-                value = float(text)
-            except ValueError:
-                raise CellError("is not a number") from None
-    if isinstance(value, float) and not math.isfinite(value):
-        raise CellError("is not finite; write a number")
-    if not isinstance(value, (int, float)):
-        raise CellError(f"is a {type(value).__name__}; it must be a number")
-    return value
-
-
-def _side(value) -> int:
-    side = _int(value, 64, MAX_SIDE)
-    if side % 64:
-        lower, upper = side - side % 64, side - side % 64 + 64
-        raise CellError(f"is not a multiple of 64; the transparent decoder needs one (e.g. {lower or 64} or {upper})")
-    return side
-
-
-def _bool(value) -> bool:
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, int) and value in (0, 1):
-        return bool(value)
-    if isinstance(value, str) and value.strip().lower() in TRUE_WORDS | FALSE_WORDS:
-        return value.strip().lower() in TRUE_WORDS
-    raise CellError("is not true or false; write true/false (also yes/no, 1/0)")

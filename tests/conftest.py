@@ -1,24 +1,43 @@
 """Shared test helpers: the reference fixtures, one tiny model per session, small fast configs."""
 
-from __future__ import annotations
-
-import json
+# Environment first, before anything imports huggingface_hub, transformers or diffusers: they read these
+# variables once, at import time. Each test process gets its own empty caches, removed when it exits.
+import atexit
 import os
-from dataclasses import replace
-from pathlib import Path
+import shutil
+import tempfile
 
-import pytest
+_SCRATCH = tempfile.mkdtemp(prefix="layerdiffuse-tests-")
+atexit.register(shutil.rmtree, _SCRATCH, ignore_errors=True)
+os.environ.update(
+    {
+        "HF_HOME": os.path.join(_SCRATCH, "hf-home"),  # an empty Hugging Face cache: nothing is "already there"
+        "HF_HUB_OFFLINE": "1",  # tests never touch the network
+        "HF_HUB_DISABLE_TELEMETRY": "1",
+        "TRANSFORMERS_VERBOSITY": "error",
+        "LAYERDIFFUSE_CACHE": os.path.join(_SCRATCH, "layerdiffuse-cache"),  # weight-hash cache (fingerprint.py)
+    }
+)
+if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1:
+    # Parallel workers share the CPUs: each gets its share of torch threads (more would only contend).
+    _cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, _cpus // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))))
 
-os.environ["HF_HUB_OFFLINE"] = "1"  # tests never touch the network
+import json  # noqa: E402
+from dataclasses import replace  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-FIXTURES = Path(os.environ.get("LAYERDIFFUSE_FIXTURES", REPO.parent / "shared" / "layerdiffuse" / "fixtures"))
+FIXTURES = REPO / "tests" / "fixtures" / "layerdiffuse"  # how they were made: README.md there
 
 
 def fixture_path(name: str) -> Path:
-    if not FIXTURES.is_dir():
-        pytest.skip(f"reference fixtures not found at {FIXTURES} (../shared beside the repo root)")
-    return FIXTURES / name
+    path = FIXTURES / name
+    if not path.is_file():
+        raise FileNotFoundError(f"reference fixture {path} is missing (it is part of the repository)")
+    return path
 
 
 def fixture_json(name: str):

@@ -2,6 +2,7 @@
 
 import hashlib
 import json
+import shutil
 import subprocess
 import sys
 
@@ -59,10 +60,19 @@ def snapshot(out):
 
 @pytest.fixture(scope="module")
 def first_run(tmp_path_factory, tiny_config_file):
+    """One run that tests only read; a test that reruns into it or changes it takes `own_run` instead."""
     folder = tmp_path_factory.mktemp("run")
     csv, parquet = write_tables(folder)
     result = run("generate", csv, "--out", folder / "out", config=tiny_config_file)
     return folder, result
+
+
+@pytest.fixture
+def own_run(first_run, tmp_path):
+    """This test's own copy of the first run: tables and output folder, file times kept."""
+    folder, result = first_run
+    shutil.copytree(folder, tmp_path / "run")
+    return tmp_path / "run", result
 
 
 def test_first_run_writes_rgba_pngs_and_a_complete_manifest(first_run):
@@ -109,15 +119,15 @@ def test_per_row_overrides_defaults_and_passthrough(first_run):
     assert record["model"]["injection"] == "attn" and record["batch_size"] >= 1
 
 
-def test_csv_and_parquet_give_the_same_manifest_and_pixels(first_run, tiny_config_file):
+def test_csv_and_parquet_give_the_same_manifest_and_pixels(first_run, tiny_config_file, tmp_path):
     folder, _ = first_run
-    result = run("generate", folder / "t.parquet", "--out", folder / "out-parquet", config=tiny_config_file)
+    result = run("generate", folder / "t.parquet", "--out", tmp_path / "out-parquet", config=tiny_config_file)
     assert result.exit_code == 0, result.output
-    assert stable(manifest(folder / "out-parquet")) == stable(manifest(folder / "out"))
+    assert stable(manifest(tmp_path / "out-parquet")) == stable(manifest(folder / "out"))
 
 
-def test_rerun_skips_everything_without_loading_the_model(first_run, tiny_config_file):
-    folder, _ = first_run
+def test_rerun_skips_everything_without_loading_the_model(own_run, tiny_config_file):
+    folder, _ = own_run
     before = snapshot(folder / "out")
     result = run("generate", folder / "t.csv", "--out", folder / "out", "--log-format", "json",
                  config=tiny_config_file)  # fmt: skip
@@ -129,8 +139,8 @@ def test_rerun_skips_everything_without_loading_the_model(first_run, tiny_config
     assert snapshot(folder / "out") == before
 
 
-def test_deleted_png_is_redone_alone_and_byte_identical(first_run, tiny_config_file):
-    folder, _ = first_run
+def test_deleted_png_is_redone_alone_and_byte_identical(own_run, tiny_config_file):
+    folder, _ = own_run
     out = folder / "out"
     before = snapshot(out)
     (out / "images" / "apple.png").unlink()
@@ -141,8 +151,8 @@ def test_deleted_png_is_redone_alone_and_byte_identical(first_run, tiny_config_f
     assert {k: v for k, v in after.items() if k != "apple.png"} == {k: v for k, v in before.items() if k != "apple.png"}
 
 
-def test_overwrite_redoes_everything_with_identical_bytes(first_run, tiny_config_file):
-    folder, _ = first_run
+def test_overwrite_redoes_everything_with_identical_bytes(own_run, tiny_config_file):
+    folder, _ = own_run
     before = snapshot(folder / "out")
     result = run("generate", folder / "t.csv", "--out", folder / "out", "--overwrite", config=tiny_config_file)
     assert result.exit_code == 0
@@ -150,8 +160,8 @@ def test_overwrite_redoes_everything_with_identical_bytes(first_run, tiny_config
     assert all(after[k][2] == before[k][2] and after[k][1] != before[k][1] for k in before)
 
 
-def test_changed_prompt_is_regenerated(first_run, tiny_config_file, tmp_path):
-    folder, _ = first_run
+def test_changed_prompt_is_regenerated(own_run, tiny_config_file, tmp_path):
+    folder, _ = own_run
     text = (folder / "t.csv").read_text().replace("an apple", "a pear")
     (tmp_path / "t.csv").write_text(text)
     result = run("generate", tmp_path / "t.csv", "--out", folder / "out", "--log-format", "json",

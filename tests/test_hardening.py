@@ -84,6 +84,7 @@ def reference(tmp_path_factory, tiny_config_file):
     return table, folder / "ref", time.perf_counter() - started
 
 
+@pytest.mark.slow  # kills at moments chosen by timing: an extra, run by `make test-slow`
 def test_sigkill_at_twelve_moments_then_rerun_is_complete_and_byte_identical(reference, tiny_config_file, tmp_path):
     table, ref, duration = reference
     out = tmp_path / "out"

@@ -3,6 +3,7 @@
 import hashlib
 import io
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -101,6 +102,8 @@ def test_thumbnails_are_rebuilt_only_when_their_source_changes(run_dir):
 
 @pytest.fixture
 def browser():
+    if os.environ.get("LAYERDIFFUSE_BROWSER_TESTS") == "0":
+        pytest.skip("browser tests turned off (make test BROWSER=0)")
     if not (CHROMIUM and CHROMEDRIVER):
         pytest.skip("Chromium not installed (make test installs Debian's chromium + chromium-driver when root)")
     from selenium import webdriver

@@ -95,8 +95,8 @@ def test_missing_checker_fails_before_generation_with_both_ways_out(tmp_path, ti
     assert not list((tmp_path / "out" / "images").glob("*.png"))
 
 
-def test_uncached_default_checker_offline_is_named(tmp_path, tiny_config, monkeypatch):
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "empty-cache"))
+def test_uncached_default_checker_offline_is_named(tmp_path, tiny_config):
+    # conftest points HF_HOME at an empty cache and sets HF_HUB_OFFLINE before any library import
     result, events = generate(tmp_path, config_file(tmp_path, tiny_config, "CompVis/stable-diffusion-safety-checker"))
     assert result.exit_code == 4
     assert "hub repo CompVis/stable-diffusion-safety-checker" in events[-1]["message"]

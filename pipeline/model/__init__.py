@@ -1,35 +1,41 @@
-"""SDXL + LayerDiffuse: the transparent decoder, the UNet weight merge, loading, generation, tiny model."""
+"""SDXL + LayerDiffuse: the transparent decoder, the UNet weight merge, loading, generation, tiny model.
 
+Names load on first use, so importing a torch-free submodule (`sources`) does not import torch.
+"""
+
+import importlib
 import os
 
 # Set before transformers is first imported: its import-time notices go to the run log otherwise.
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
-from .decoder import TransparentVAEDecoder, checkerboard, to_preview_uint8, to_rgba_uint8
-from .generation import free_memory, generate_rgba
-from .loading import LayerDiffuseModel, ModelFilesMissing, ModelLoadError, load_decoder, load_model, resolve_device
-from .merge import WeightMergeError, merge_layerdiffuse_weights
-from .safety import SafetyChecker, build_tiny_safety_checker, load_safety_checker, screen
-from .tiny import build_tiny_model
+_HOMES = {
+    "TransparentVAEDecoder": "decoder",
+    "checkerboard": "decoder",
+    "to_preview_uint8": "decoder",
+    "to_rgba_uint8": "decoder",
+    "free_memory": "generation",
+    "generate_rgba": "generation",
+    "LayerDiffuseModel": "loading",
+    "load_decoder": "loading",
+    "load_model": "loading",
+    "resolve_device": "loading",
+    "WeightMergeError": "merge",
+    "merge_layerdiffuse_weights": "merge",
+    "SafetyChecker": "safety",
+    "build_tiny_safety_checker": "safety",
+    "load_safety_checker": "safety",
+    "screen": "safety",
+    "ModelFilesMissing": "sources",
+    "ModelLoadError": "sources",
+    "build_tiny_model": "tiny",
+}
+__all__ = sorted(_HOMES)
 
-__all__ = [
-    "LayerDiffuseModel",
-    "ModelFilesMissing",
-    "ModelLoadError",
-    "SafetyChecker",
-    "TransparentVAEDecoder",
-    "WeightMergeError",
-    "build_tiny_model",
-    "build_tiny_safety_checker",
-    "checkerboard",
-    "free_memory",
-    "generate_rgba",
-    "load_decoder",
-    "load_model",
-    "load_safety_checker",
-    "merge_layerdiffuse_weights",
-    "resolve_device",
-    "screen",
-    "to_preview_uint8",
-    "to_rgba_uint8",
-]
+
+def __getattr__(name: str):
+    if name not in _HOMES:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_HOMES[name]}", __name__), name)
+    globals()[name] = value  # later lookups skip this function (and test monkeypatches stick)
+    return value

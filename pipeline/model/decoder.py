@@ -1,4 +1,4 @@
-"""The LayerDiffuse transparent VAE decoder (SPEC §4): RGB + latent -> alpha + straight RGB."""
+"""The LayerDiffuse transparent VAE decoder (docs/layerdiffuse.md §3): RGB + latent -> alpha + straight RGB."""
 
 from __future__ import annotations
 
@@ -136,7 +136,7 @@ class TransparentVAEDecoder(ModelMixin, ConfigMixin):
 
     @torch.no_grad()
     def tta_views(self, pixels01: torch.Tensor, latent: torch.Tensor, sub_batch: int = 16) -> torch.Tensor:
-        """The 8 de-augmented, clipped passes as [8, B, 4, H, W] (SPEC §4.4).
+        """The 8 de-augmented, clipped passes as [8, B, 4, H, W] (docs/layerdiffuse.md §3.3).
 
         Views of one shape run batched: one group for square images, two (even/odd turns) otherwise.
         """

@@ -1,4 +1,4 @@
-"""One batch of rows -> RGBA images: SDXL denoising, VAE decode, transparent decode (SPEC §1)."""
+"""One batch of rows -> RGBA images: SDXL denoising, VAE decode, transparent decode (docs/layerdiffuse.md §6)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Diffusers <-> SGM ("LDM") names of the SDXL UNet's parameters (SPEC §3.0)."""
+"""Diffusers <-> SGM ("LDM") names of the SDXL UNet's parameters (docs/layerdiffuse.md §2.1)."""
 
 from __future__ import annotations
 

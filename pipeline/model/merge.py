@@ -1,4 +1,4 @@
-"""Merging LayerDiffuse UNet weights into a diffusers SDXL UNet (SPEC §3).
+"""Merging LayerDiffuse UNet weights into a diffusers SDXL UNet (docs/layerdiffuse.md §2).
 
 Three released formats are accepted, told apart by their keys:
 - Forge attention LoRA: `diffusion_model.<SGM key>::lora::0` (up) and `::lora::1` (down);
@@ -16,9 +16,10 @@ import torch
 from safetensors.torch import load_file
 
 from .keys import sgm_key_map
+from .sources import ModelLoadError
 
 
-class WeightMergeError(ValueError):
+class WeightMergeError(ModelLoadError, ValueError):
     """A LayerDiffuse weight file does not fit the UNet it is merged into."""
 
 

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 DEFAULT_CHECKER = "CompVis/stable-diffusion-safety-checker"
-CHECKER_FILES = ("config.json", "preprocessor_config.json", "model.safetensors")
+
 NEUTRAL_GREY = 127
 
 

@@ -50,18 +50,17 @@ def table(headers: list[str], rows: list[list]) -> str:
     return "\n".join(lines)
 
 
-def write_section(name: str, text: str, path: Path = HERE / "RESULTS.md") -> None:
-    """Replace (or append) one benchmark's part of RESULTS.md, between its own markers; the other
-    benchmarks' parts are kept as they are."""
-    start, end = f"<!-- section: {name} -->", f"<!-- end of section: {name} -->"
-    block = f"{start}\n{text.strip()}\n{end}\n\n"
-    old = path.read_text(encoding="utf-8") if path.exists() else ""
-    if start in old and end in old:
-        before, rest = old.split(start, 1)
-        new = before + block + rest.split(end, 1)[1].lstrip("\n")
-    else:
-        new = old.rstrip("\n") + ("\n\n" if old.strip() else "") + block
-    path.write_text(new.rstrip("\n") + "\n", encoding="utf-8")
+def write_section(title: str, text: str) -> None:
+    """Put `text` (which starts with `## <title>`) into RESULTS.md, replacing that section if it is there."""
+    path = HERE / "RESULTS.md"
+    current = path.read_text() if path.exists() else "# Benchmark results\n"
+    start = current.find(f"\n## {title}")
+    if start < 0:
+        path.write_text(current.rstrip("\n") + "\n\n" + text.strip() + "\n")
+        return
+    end = current.find("\n## ", start + 1)
+    rest = current[end:] if end >= 0 else "\n"
+    path.write_text(current[:start] + "\n" + text.strip() + "\n" + rest)
 
 
 def versions(*packages: str) -> str:

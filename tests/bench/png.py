@@ -64,6 +64,13 @@ def sample_row():
                width=1024, height=1024, enable_safety_checker=True)  # fmt: skip
 
 
+def png_settings(level: int):
+    from pipeline.schedulers import SCHEDULERS
+    from pipeline.writer import PngSettings
+
+    return PngSettings("sdxl + LayerDiffuse attn", SCHEDULERS["euler"], level)
+
+
 def pillow(level: int | None = None, **options) -> Callable[[np.ndarray], bytes]:
     """Pillow with the text chunks the pipeline writes (`pipeline.writer.encode_png` for a plain level)."""
     from PIL import Image, PngImagePlugin
@@ -72,9 +79,10 @@ def pillow(level: int | None = None, **options) -> Callable[[np.ndarray], bytes]
 
     row = sample_row()
     if level is not None and not options:
-        return lambda rgba: encode_png(rgba, row, "sdxl + LayerDiffuse attn", level)
+        settings = png_settings(level)
+        return lambda rgba: encode_png(rgba, row, settings)
     info = PngImagePlugin.PngInfo()
-    info.add_text("parameters", a1111_parameters(row, "sdxl + LayerDiffuse attn"))
+    info.add_text("parameters", a1111_parameters(row, png_settings(6), row.width, row.height))
 
     def encode(rgba: np.ndarray) -> bytes:
         buffer = io.BytesIO()
@@ -256,7 +264,7 @@ def _ms(function, reps: int) -> tuple[float, float]:
 
 
 def _atomic_writes(folder: Path, encoded: list[bytes]) -> None:
-    from pipeline.writer import write_atomic
+    from pipeline.storage import write_atomic
 
     for i, data in enumerate(encoded):
         write_atomic(folder / f"a{i}.png", data)
@@ -268,14 +276,19 @@ def _plain_writes(folder: Path, encoded: list[bytes]) -> None:
 
 
 def _appends(folder: Path, count: int) -> None:
-    from pipeline.manifest import row_record
+    """`count` records of written rows through the pipeline's part log (one line and one fsync each)."""
+    from pipeline.outcome import Provenance, Rendered, Written, manifest_record
+    from pipeline.parts import PartWriter
     from pipeline.records import Batch
-    from pipeline.writer import ManifestPart
+    from pipeline.storage import Storage
 
     row = sample_row()
-    record = row_record(row, Batch(0, (row,)), "0" * 64, {"model": {"base": "x" * 60}, "rank": 0},
-                        status="ok", sha256="0" * 64, image={"url": "images/row-000001.png"})  # fmt: skip
-    with ManifestPart(folder / "part.jsonl") as part:
+    image = {"url": f"images/00000/{row.key}.png", "content_type": "image/png", "file_name": f"{row.key}.png",
+             "file_size": 600_000, "width": 1024, "height": 1024}  # fmt: skip
+    record = manifest_record(row, Rendered(np.zeros((1, 1, 4), np.uint8), checked=True), request_hash="0" * 64,
+                             batch=Batch(0, (row,)), provenance=Provenance({"base": "x" * 60}, {"torch": "2"}, 0),
+                             written=Written(image, "0" * 64, 0.1, 0.09), generation_seconds=0.6)  # fmt: skip
+    with PartWriter(Storage(folder), f"bench-{count}") as part:
         for _ in range(count):
             part.append(record)
 
@@ -310,7 +323,7 @@ def main(argv=None) -> None:
     text = render(results, by_name, threads, costs, gil, time.perf_counter() - started)
     print(text)
     if not args.no_write:
-        write_section("png", text)
+        write_section("PNG encoders", text)
 
 
 def partial_level(level: int) -> Callable[[np.ndarray], bytes]:
@@ -329,7 +342,7 @@ def render(results: list[Measured], by_name: dict, threads, costs: list[list], g
     per_image = [[f"{i}", *(f"{by_name[n].ms[i]:.0f} ms / {by_name[n].sizes[i] // 1024} KiB" for n in PER_IMAGE)]
                  for i in range(len(base.ms))]  # fmt: skip
     zlib = f"zlib {PIL.features.version('zlib')} API, zlib-ng {PIL.features.version('zlib_ng') or 'no'}"
-    return f"""## 8. PNG encoders on sprite-like 1024x1024 RGBA images
+    return f"""## PNG encoders on sprite-like 1024x1024 RGBA images
 
 Produced by `python -m tests.bench.png` ({seconds:.0f} s). Machine: {machine()}.
 Pillow {PIL.__version__} ({zlib}); {versions("opencv-python-headless", "imagecodecs", "fpng", "pyspng-seunglab")}.

@@ -1,4 +1,4 @@
-"""Transparent decoder: parity with the reference outputs in ../shared/layerdiffuse/fixtures."""
+"""Transparent decoder: parity with the reference outputs in tests/fixtures/layerdiffuse."""
 
 import numpy as np
 import pytest

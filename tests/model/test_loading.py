@@ -59,8 +59,8 @@ def test_missing_local_files_are_listed_with_the_fix(tmp_path):
     assert "huggingface-cli download" in message and "configs/tiny.yaml" in message
 
 
-def test_uncached_hub_ids_offline_are_listed(monkeypatch, tmp_path):
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "empty-cache"))
+def test_uncached_hub_ids_offline_are_listed():
+    # conftest points HF_HOME at an empty cache and sets HF_HUB_OFFLINE before any library import
     config = ModelConfig(injection="conv")
     with pytest.raises(ModelFilesMissing) as info:
         load_model(config)

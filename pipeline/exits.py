@@ -1,0 +1,66 @@
+"""Exit codes: one enum, and per command what each of its codes means (the `--help` epilogs and the README
+table both come from here; a test compares the README with it)."""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+
+class ExitCode(IntEnum):
+    OK = 0
+    INTERNAL = 1  # Python's own code for an uncaught exception
+    USAGE = 2
+    ROWS = 3
+    MODEL = 4
+    LOCKED = 5
+    OUTPUT = 6
+    TOO_MANY_FAILURES = 7
+    INTERRUPTED = 130
+
+
+_NOT_A_FOLDER = "DIR is not an output folder of `layerdiffuse generate`"
+MEANINGS: dict[str, dict[ExitCode, str]] = {
+    "generate": {
+        ExitCode.OK: "every row has its image (generated now or by an earlier run)",
+        ExitCode.INTERNAL: "unexpected internal error (a bug; the log has an `error` event and the traceback)",
+        ExitCode.USAGE: "usage error: bad flag, config or table; nothing was generated",
+        ExitCode.ROWS: "the run finished but some rows are invalid or failed (see `error` in the manifest)",
+        ExitCode.MODEL: "model weights missing, damaged or unloadable (the message names the files and how to "
+        "provide them)",
+        ExitCode.LOCKED: "another run holds the output folder (the message names its pid, host and start time)",
+        ExitCode.OUTPUT: "the output folder cannot be written (disk full, quota, read-only); the message names the "
+        "path and bytes written",
+        ExitCode.TOO_MANY_FAILURES: "stopped because more rows failed than `--max-failures` allows",
+        ExitCode.INTERRUPTED: "interrupted by SIGINT or SIGTERM after finishing the current batch; rerun to continue",
+    },
+    "validate": {
+        ExitCode.OK: "every row is valid",
+        ExitCode.USAGE: "the table or config cannot be used (unreadable, empty, no prompt column, bad value)",
+        ExitCode.ROWS: "some rows are invalid (each problem is listed)",
+    },
+    "status": {
+        ExitCode.OK: "every row is done",
+        ExitCode.USAGE: _NOT_A_FOLDER,
+        ExitCode.ROWS: "some rows are pending, failed or invalid",
+    },
+    "merge": {
+        ExitCode.OK: "the manifest was written",
+        ExitCode.USAGE: _NOT_A_FOLDER,
+        ExitCode.ROWS: "some rows have no outcome yet (run generate again to finish them)",
+    },
+    "report": {
+        ExitCode.OK: "report.html and contact_sheet.png were written",
+        ExitCode.USAGE: _NOT_A_FOLDER,
+    },
+}
+
+
+def epilog(command: str) -> str:
+    """The `Exit codes:` block of a command's --help (`\\b` keeps Click from rewrapping it)."""
+    lines = [f"  {int(code):<4} {meaning}" for code, meaning in MEANINGS[command].items()]
+    return "\b\nExit codes:\n" + "\n".join(lines)
+
+
+def markdown_table(command: str = "generate") -> str:
+    rows = [f"| {int(code)} | {meaning} |" for code, meaning in MEANINGS[command].items()]
+    return "\n".join(["| code | meaning |", "|---|---|", *rows])

@@ -1,0 +1,36 @@
+"""Named moments at which a test can kill this process, to prove that any instant is a safe one.
+
+`LAYERDIFFUSE_FAULT=<moment>` (or `<moment>:<n>`, the n-th time it is reached) makes the process SIGKILL
+itself there: no cleanup, no flush, exactly what a power cut or the OOM killer does. Unset, a fault point
+costs one comparison.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections import Counter
+
+ENV = "LAYERDIFFUSE_FAULT"
+MOMENTS = (
+    "planned",  # the run decided what to do; nothing written yet
+    "run_info_written",
+    "model_loaded",
+    "batch_generated",  # a batch's images are in memory
+    "png_temp_written",  # a PNG is complete under its temporary name
+    "png_in_place",  # renamed into place, its record not yet appended
+    "record_appended",
+    "batch_recorded",  # every row of a batch has its record
+    "manifest_jsonl_written",
+    "manifest_parquet_written",
+)
+_target, _, _count = os.environ.get(ENV, "").partition(":")
+_reached: Counter = Counter()
+
+
+def fault_point(moment: str) -> None:
+    if moment != _target:
+        return
+    _reached[moment] += 1
+    if _reached[moment] >= int(_count or 1):
+        os.kill(os.getpid(), signal.SIGKILL)

@@ -1,0 +1,105 @@
+"""What became of a row, and the one function that turns a row and its outcome into a manifest record."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Union
+
+import numpy as np
+
+from .logs import utc_now
+from .records import PARAM_COLUMNS, Batch, InvalidRow, Row, Status
+from .schema import MANIFEST_FIELDS
+
+
+@dataclass(frozen=True)
+class Rendered:
+    """An image to write; `checked`: the safety checker looked at it and found nothing."""
+
+    rgba: np.ndarray
+    checked: bool = False
+
+
+@dataclass(frozen=True)
+class Flagged:
+    """The safety checker flagged the image: a fully transparent placeholder of the same size is written."""
+
+    rgba: np.ndarray
+
+
+@dataclass(frozen=True)
+class Failed:
+    error: str
+
+
+@dataclass(frozen=True)
+class Invalid:
+    errors: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """Done by an earlier run for the same request: nothing is written."""
+
+
+Outcome = Union[Rendered, Flagged, Failed, Invalid, Skipped]  # noqa: UP007 (a runtime alias on Python 3.10)
+HAS_IMAGE = (Rendered, Flagged)
+
+
+@dataclass(frozen=True)
+class Provenance:
+    """Where a process's rows came from; the same for every record it writes."""
+
+    model: dict = field(default_factory=dict)
+    environment: dict = field(default_factory=dict)
+    rank: int = 0
+
+
+@dataclass(frozen=True)
+class Written:
+    """What the writer put on disk for a row (the hosted API's image fields)."""
+
+    image: dict
+    sha256: str
+    write_seconds: float  # encoding and writing
+    encode_seconds: float = 0.0
+
+
+def manifest_record(
+    row: Row | InvalidRow,
+    outcome: Outcome,
+    *,
+    request_hash: str | None = None,
+    batch: Batch | None = None,
+    provenance: Provenance | None = None,
+    written: Written | None = None,
+    generation_seconds: float | None = None,
+) -> dict[str, Any]:
+    """Every manifest field (null where it does not apply), then the table's passthrough columns."""
+    record: dict[str, Any] = dict.fromkeys(MANIFEST_FIELDS)
+    record.update(id=row.key, row=row.number)
+    if isinstance(outcome, Invalid):
+        # Parameters stay null (their cells may be of any type); the raw cells are kept as text in `input`.
+        record.update(status=Status.INVALID.value, error="; ".join(outcome.errors), input=_cells(row.values))
+        return {**record, **_passthrough(row.values)}
+    record.update(row.params(), request_hash=request_hash, finished_at=utc_now())
+    if batch is not None:
+        record.update(batch_index=batch.index, batch_size=len(batch.rows))
+    if provenance is not None:
+        record.update(model=provenance.model, environment=provenance.environment, rank=provenance.rank)
+    if isinstance(outcome, Failed):
+        record.update(status=Status.FAILED.value, error=outcome.error)
+    elif isinstance(outcome, HAS_IMAGE):
+        flagged = True if isinstance(outcome, Flagged) else (False if outcome.checked else None)
+        record.update(status=Status.OK.value, has_nsfw_concepts=flagged, generation_seconds=generation_seconds)
+        if written is not None:
+            record.update(image=written.image, sha256=written.sha256, write_seconds=written.write_seconds)
+    return {**record, **_passthrough(row.extra)}
+
+
+def _passthrough(values: dict) -> dict:
+    return {k: v for k, v in values.items() if k != "id" and k not in PARAM_COLUMNS}
+
+
+def _cells(values: dict) -> dict:
+    return {k: None if v is None else str(v) for k, v in values.items()}

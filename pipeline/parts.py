@@ -1,0 +1,188 @@
+"""Append-only logs of manifest records, one per process and run (`parts/<stamp>-rank<r>-of-<n>.jsonl`).
+
+A record is appended (and fsynced) only after its image is in place; a line cut short by a crash is ignored,
+so its row is simply redone. What is the same for every record of a process (model, environment, rank) is
+written once beside its log (`<part>.context.json`). Logs are read back as Arrow tables, from the byte offset
+that the last merge consumed: a start reads only what is new.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import threading
+from datetime import datetime, timezone
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from .faults import fault_point
+from .schema import CONTEXT_FIELDS, PART_SCHEMA, SCHEMA
+from .storage import OutputError, Storage
+
+PARTS = "parts"
+
+
+def part_stem(rank: int, world_size: int) -> str:
+    """Names sort by start time, so later parts win."""
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
+    return f"{stamp}-rank{rank:05d}-of-{world_size:05d}"
+
+
+def part_line(record: dict) -> str:
+    """A manifest record as one log line: passthrough columns and raw cells as JSON text, no context."""
+    known = {k: v for k, v in record.items() if k in PART_SCHEMA.names and k not in CONTEXT_FIELDS}
+    known["extra"] = json.dumps({k: v for k, v in record.items() if k not in SCHEMA.names}, ensure_ascii=False)
+    if record.get("input") is not None:
+        known["input"] = json.dumps(record["input"], ensure_ascii=False)
+    return json.dumps(known, ensure_ascii=False, default=str) + "\n"
+
+
+def record_from_part(row: dict) -> dict:
+    """The inverse of `part_line` (with the context filled in): a record as manifest.jsonl has it."""
+    record = {name: row.get(name) for name in SCHEMA.names}
+    if record["finished_at"] is not None:
+        record["finished_at"] = record["finished_at"].isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    if record["input"] is not None:
+        record["input"] = json.loads(record["input"])
+    return {**record, **json.loads(row.get("extra") or "{}")}
+
+
+class PartWriter:
+    """One process's log; created on the first record (a run with nothing to do leaves no file).
+
+    Safe to append from the writer threads and the main thread.
+    """
+
+    def __init__(self, storage: Storage, stem: str):
+        self.storage, self.stem = storage, stem
+        self.relative = f"{PARTS}/{stem}.jsonl"
+        self._handle = None
+        self._context: dict = {}
+        self._lock = threading.Lock()
+
+    def set_context(self, model: dict, environment: dict, rank: int) -> None:
+        """Before the first record a model produces; until then the context is empty."""
+        self._context = {"model": model, "environment": environment, "rank": rank}
+        if self._handle is not None:
+            self._write_context()
+
+    def _open(self) -> None:
+        self._write_context()  # first: a log without one is read as an earlier version's
+        self._handle = self.storage.local(self.relative).open("a", encoding="utf-8")
+
+    def _write_context(self) -> None:
+        data = json.dumps(self._context, ensure_ascii=False, default=str).encode()
+        self.storage.write(f"{PARTS}/{self.stem}.context.json", data)
+
+    def append(self, record: dict) -> None:
+        line = part_line(record)
+        with self._lock:
+            try:
+                if self._handle is None:
+                    self._open()
+                self._handle.write(line)
+                self._handle.flush()
+                os.fsync(self._handle.fileno())
+            except OSError as exc:  # a cut-off line is ignored by readers; its row is redone next run
+                shown = self.storage.shown(self.relative)
+                raise OutputError(exc.errno, f"cannot append to {shown}: {exc.strerror or exc}") from exc
+        fault_point("record_appended")
+
+    def close(self) -> None:
+        if self._handle is not None:
+            self._handle.close()
+
+    def __enter__(self) -> PartWriter:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def part_names(storage: Storage) -> list[str]:
+    """Log names in the order they win (start time)."""
+    return sorted(name for name in storage.sizes(PARTS) if name.endswith(".jsonl"))
+
+
+def read_new(storage: Storage, consumed: dict[str, int], columns: list[str] | None = None):
+    """(records appended after `consumed` byte offsets, as one table in log order; the new offsets).
+
+    `columns`: parse only these (a start needs five); default every column of a part.
+    """
+    sizes = storage.sizes(PARTS)
+    schema = PART_SCHEMA if columns is None else pa.schema([PART_SCHEMA.field(c) for c in columns])
+    tables, offsets = [], dict(consumed)
+    for name in part_names(storage):
+        start = consumed.get(name, 0)
+        if sizes[name] <= start:
+            continue
+        data = _complete_lines(storage, f"{PARTS}/{name}", start)
+        offsets[name] = start + len(data)
+        if data:
+            tables.append(_read_part(storage, name, data, schema, columns))
+    if not tables:
+        wanted = [SCHEMA.field(c) for c in CONTEXT_FIELDS if columns is None or c in columns]
+        return pa.schema([*schema, *wanted]).empty_table(), offsets
+    return pa.concat_tables(tables), offsets
+
+
+def _complete_lines(storage: Storage, relative: str, start: int) -> bytes:
+    with storage.fs.open(storage.path(relative), "rb") as handle:
+        handle.seek(start)
+        data = handle.read()
+    return data[: data.rfind(b"\n") + 1]
+
+
+def _parse(data: bytes, schema: pa.Schema) -> pa.Table:
+    import pyarrow.json as pj
+
+    options = pj.ParseOptions(explicit_schema=schema, unexpected_field_behavior="ignore")
+    try:
+        return pj.read_json(io.BytesIO(data), parse_options=options)
+    except pa.ArrowInvalid:  # a damaged line in the middle (a disk error): keep every line that parses
+        return _parse_lines(data, schema, options)
+
+
+def _parse_lines(data: bytes, schema: pa.Schema, options) -> pa.Table:
+    import pyarrow.json as pj
+
+    tables = []
+    for line in data.splitlines(keepends=True):
+        try:
+            tables.append(pj.read_json(io.BytesIO(line), parse_options=options))
+        except pa.ArrowInvalid:
+            continue
+    return pa.concat_tables(tables) if tables else schema.empty_table()
+
+
+def _read_part(storage: Storage, name: str, data: bytes, schema: pa.Schema, columns: list[str] | None) -> pa.Table:
+    """Records of one log, with model, environment and rank from its context file."""
+    wanted = [SCHEMA.field(c) for c in CONTEXT_FIELDS if columns is None or c in columns]
+    try:
+        context = json.loads(storage.read_bytes(f"{PARTS}/{name.removesuffix('.jsonl')}.context.json"))
+    except FileNotFoundError:  # a log of an earlier version: whole records, context included
+        return _legacy(data, schema, wanted)
+    if not wanted:
+        return _parse(data, schema)
+    parsed = _parse(data, schema if "status" in schema.names else schema.append(PART_SCHEMA.field("status")))
+    produced = pc.not_equal(parsed.column("status"), "invalid")  # invalid rows met no model
+    table = parsed.select(schema.names)
+    first = pc.if_else(produced, 0, pa.scalar(None, pa.int32()))  # index into the one-value array, or null
+    for field in wanted:
+        table = table.append_column(field, pc.take(pa.array([context.get(field.name)], field.type), first))
+    return table
+
+
+def _legacy(data: bytes, schema: pa.Schema, wanted: list[pa.Field]) -> pa.Table:
+    records = []
+    for line in data.splitlines():
+        try:
+            records.append(json.loads(line))
+        except ValueError:
+            continue
+    table = _parse("".join(part_line(r) for r in records).encode(), schema)
+    for field in wanted:
+        table = table.append_column(field, pa.array([r.get(field.name) for r in records], field.type))
+    return table

@@ -1,0 +1,98 @@
+"""The manifest's one explicit, versioned Arrow schema: the same types whatever the data.
+
+Nulls are typed, `finished_at` is a UTC timestamp, seeds are uint64 (the whole 0 ... 2^64-1 range), and the
+table's passthrough columns follow as text (a text cell unchanged, any other value as its JSON), so the
+manifests of different runs can be read together (pyarrow.dataset, Polars, DuckDB).
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+
+import pyarrow as pa
+
+from .records import PARAM_COLUMNS
+
+VERSION = "2"
+IMAGE = pa.struct(
+    [("url", pa.string()), ("content_type", pa.string()), ("file_name", pa.string()), ("file_size", pa.int64()),
+     ("width", pa.int32()), ("height", pa.int32())]
+)  # fmt: skip
+MODEL = pa.struct(
+    [(name, pa.string()) for name in ("base", "vae", "unet_weights", "decoder_weights", "injection")]
+    + [("strength", pa.float64())]
+    + [(name, pa.string()) for name in ("scheduler", "dtype", "vae_dtype", "safety_checker")]
+)
+ENVIRONMENT = pa.struct(
+    [(name, pa.string()) for name in ("python", "torch", "diffusers", "transformers", "accelerate", "device",
+                                      "device_name", "dtype")]
+    + [("batch_size", pa.int32()), ("tta", pa.bool_()), ("decoder_sub_batch", pa.int32()),
+       ("cpu_threads", pa.int32()), ("host", pa.string()), ("world_size", pa.int32())]
+)  # fmt: skip
+PARAMS = [
+    ("prompt", pa.string()),
+    ("negative_prompt", pa.string()),
+    ("seed", pa.uint64()),
+    ("guidance_scale", pa.float64()),
+    ("num_inference_steps", pa.int32()),
+    ("width", pa.int32()),
+    ("height", pa.int32()),
+    ("enable_safety_checker", pa.bool_()),
+]
+SCHEMA = pa.schema(
+    [("id", pa.string()), ("row", pa.int64()), ("status", pa.string()), ("error", pa.string())]
+    + PARAMS
+    + [("has_nsfw_concepts", pa.bool_()), ("image", IMAGE), ("sha256", pa.string()), ("request_hash", pa.string()),
+       ("batch_index", pa.int64()), ("batch_size", pa.int32()), ("generation_seconds", pa.float64()),
+       ("write_seconds", pa.float64()), ("finished_at", pa.timestamp("ms", tz="UTC")), ("rank", pa.int32()),
+       ("model", MODEL), ("environment", ENVIRONMENT), ("input", pa.map_(pa.string(), pa.string()))],
+    metadata={"layerdiffuse.manifest_version": VERSION},
+)  # fmt: skip
+MANIFEST_FIELDS = tuple(SCHEMA.names)
+CONTEXT_FIELDS = ("model", "environment", "rank")  # the same for every record of a process
+# A record in a part log: no context, raw cells and passthrough columns as JSON text (`extra`).
+PART_SCHEMA = pa.schema(
+    [f if f.name != "input" else pa.field("input", pa.string()) for f in SCHEMA if f.name not in CONTEXT_FIELDS]
+    + [pa.field("extra", pa.string())]
+)
+assert tuple(name for name, _ in PARAMS) == PARAM_COLUMNS
+# Table columns that would clash with a manifest field (the parameters and `id` are the table's own).
+RESERVED_COLUMNS = frozenset(MANIFEST_FIELDS) - {"id", *PARAM_COLUMNS}
+
+
+def to_arrow(records: list[dict], passthrough: list[str] | None = None) -> pa.Table:
+    """Records (as in manifest.jsonl) -> a table with SCHEMA plus the passthrough columns as text
+    (`passthrough`: their names, in order; default: those the records carry)."""
+    columns = [pa.array([_cell(name, r.get(name)) for r in records], type=f.type) for name, f in _fields()]
+    extra = _passthrough_names(records) if passthrough is None else passthrough
+    columns += [pa.array([_text(r.get(name)) for r in records], pa.string()) for name in extra]
+    schema = SCHEMA
+    for name in extra:
+        schema = schema.append(pa.field(name, pa.string()))
+    return pa.Table.from_arrays(columns, schema=schema)
+
+
+def _fields():
+    return ((f.name, f) for f in SCHEMA)
+
+
+def _cell(name: str, value):
+    if name == "finished_at" and isinstance(value, str):
+        return datetime.fromisoformat(value.replace("Z", "+00:00"))
+    if name == "input" and value is not None:
+        return list(value.items())
+    return value
+
+
+def _passthrough_names(records: list[dict]) -> list[str]:
+    names: dict[str, None] = {}
+    for record in records:
+        names.update(dict.fromkeys(k for k in record if k not in SCHEMA.names))
+    return list(names)
+
+
+def _text(value) -> str | None:
+    if value is None or isinstance(value, str):
+        return value
+    return json.dumps(value, ensure_ascii=False, default=str)

@@ -1,0 +1,203 @@
+"""The one module that knows where outputs live: a local folder or any fsspec URL (s3://, gs://, hf://, ...).
+
+Files appear only whole: locally through a temporary file, fsync and rename (readers see the old file or the
+new, never half); on object stores the content is encoded fully, then sent in one request.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import tempfile
+import time
+from contextlib import contextmanager, suppress
+from pathlib import Path
+
+from .faults import fault_point
+
+
+class OutputError(OSError):
+    """The output folder cannot take a file (disk full, quota, read-only, ...)."""
+
+
+def _file_mode() -> int:
+    """What `open()` would create: 0666 less the umask (mkstemp alone makes every file 0600)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+FILE_MODE = _file_mode()
+
+
+class Storage:
+    """An output folder: paths inside it are relative, with `/` separators, on every filesystem."""
+
+    def __init__(self, location: str | os.PathLike):
+        import fsspec
+        from fsspec.implementations.local import LocalFileSystem
+
+        self.location = str(location)
+        self.fs, self.root = fsspec.core.url_to_fs(self.location)
+        self.is_local = isinstance(self.fs, LocalFileSystem)
+
+    def __str__(self) -> str:
+        return self.location
+
+    def path(self, relative: str = "") -> str:
+        return f"{self.root.rstrip('/')}/{relative}" if relative else self.root
+
+    def local(self, relative: str = "") -> Path:
+        """The local path (local folders only: locks, appended logs)."""
+        assert self.is_local, "only local output folders have local paths"
+        return Path(self.path(relative))
+
+    def shown(self, relative: str) -> str:
+        """How messages name a file: the local path, or the URL."""
+        if self.is_local:
+            return self.path(relative)
+        return f"{self.location.rstrip('/')}/{relative}"
+
+    def exists(self, relative: str) -> bool:
+        return self.fs.exists(self.path(relative))
+
+    def read_bytes(self, relative: str) -> bytes:
+        return self.fs.cat_file(self.path(relative))
+
+    def makedirs(self, relative: str = "") -> None:
+        if self.is_local:
+            self.local(relative).mkdir(parents=True, exist_ok=True)
+
+    def write(self, relative: str, data: bytes, moment: str | None = None) -> None:
+        """Atomically; `moment`: the fault point reached once the content is complete but not yet in place."""
+        if self.is_local:
+            path = self.local(relative)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            return write_atomic(path, data, moment)
+        if moment:
+            fault_point(moment)
+        try:
+            self.fs.pipe_file(self.path(relative), data)
+        except OSError as exc:
+            raise OutputError(exc.errno, f"cannot write {self.shown(relative)}: {exc}") from exc
+
+    @contextmanager
+    def open_atomic(self, relative: str, moment: str | None = None):
+        """A binary file handle whose content appears at `relative` only when the block ends without error."""
+        if self.is_local:
+            path = self.local(relative)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with open_atomic(path, moment) as handle:
+                yield handle
+            return
+        with tempfile.TemporaryFile() as spool:
+            yield spool
+            spool.seek(0)
+            self.write(relative, spool.read(), moment)
+
+    def remove(self, relative: str) -> None:
+        with suppress(FileNotFoundError):
+            self.fs.rm_file(self.path(relative))
+
+    def sizes(self, folder: str) -> dict[str, int]:
+        """{file name: size} of one folder, from one listing (no file is opened)."""
+        if self.is_local:
+            try:
+                with os.scandir(self.local(folder)) as entries:
+                    return {e.name: e.stat().st_size for e in entries if e.is_file()}
+            except (FileNotFoundError, NotADirectoryError):
+                return {}
+        try:
+            listing = self.fs.ls(self.path(folder), detail=True)
+        except FileNotFoundError:
+            return {}
+        return {e["name"].rstrip("/").rsplit("/", 1)[-1]: e["size"] for e in listing if e["type"] == "file"}
+
+
+def write_atomic(path: Path, data: bytes, moment: str | None = None) -> None:
+    """Temporary file in the same folder, fsync, rename: readers see the old file or the new, never half.
+
+    `moment`: the fault point reached once the temporary file is complete (see faults.py).
+    """
+    with open_atomic(path, moment, size=len(data)) as handle:
+        handle.write(data)
+
+
+@contextmanager
+def open_atomic(path: Path, moment: str | None = None, size: int | None = None):
+    """The streaming form of `write_atomic`: the file appears, whole, when the block ends."""
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{_owner_tag()}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise OutputError(exc.errno, f"cannot create a file in {path.parent}: {exc.strerror}") from exc
+    handle = os.fdopen(fd, "wb")
+    try:
+        with handle:
+            os.fchmod(handle.fileno(), FILE_MODE)
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
+        if moment:
+            fault_point(moment)
+        os.replace(tmp, path)
+    except OSError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        written = _written(handle)
+        total = f" of {size}" if size is not None else ""
+        message = f"cannot write {path}: {exc.strerror or exc} ({written}{total} bytes written)"
+        raise OutputError(exc.errno, message) from exc
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _written(handle) -> int:
+    try:
+        return handle.tell()
+    except (OSError, ValueError):
+        return 0
+
+
+def remove_stale_temporaries(folder: Path, max_age_elsewhere: float = 3600) -> int:
+    """Delete temporary files that killed writers left behind (in `folder` and its subfolders).
+
+    Temporary names carry the writer's host and pid: on this host a file is stale when its process is
+    gone; a file from another host (shared folders) when it is older than `max_age_elsewhere` seconds.
+    """
+    removed = 0
+    here = _owner_tag().split("@")[0]
+    for path in [*folder.glob(".*.tmp"), *folder.glob("*/.*.tmp")]:
+        host, pid = _owner(path.name)
+        try:
+            if host == here:
+                stale = pid is not None and pid != os.getpid() and not _alive(pid)
+            else:
+                stale = time.time() - path.stat().st_mtime > max_age_elsewhere
+            if stale:
+                path.unlink()
+                removed += 1
+        except FileNotFoundError:
+            continue  # its writer renamed or removed it meanwhile
+    return removed
+
+
+def _owner_tag() -> str:
+    """`<host>@<pid>` of this process, with the host's dots replaced (file names split on them)."""
+    return f"{socket.gethostname().replace('.', '_')}@{os.getpid()}"
+
+
+def _owner(name: str) -> tuple[str | None, int | None]:
+    """(host tag, pid) from `.<file>.<host>@<pid>.<random>.tmp`."""
+    match = re.search(r"\.([^.@]+)@(\d+)\.[^.]+\.tmp$", name)
+    return (match.group(1), int(match.group(2))) if match else (None, None)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # exists, owned by someone else
+    return True
