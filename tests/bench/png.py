@@ -157,20 +157,27 @@ def reads_back_identically(data: bytes, rgba: np.ndarray) -> bool:
         return image.format == "PNG" and image.mode == "RGBA" and np.array_equal(np.asarray(image), rgba)
 
 
-def measure(encoder: Encoder, images, reps: int) -> Measured:
-    ms, min_ms, sizes, lossless = [], [], [], True
-    for rgba in images:
-        if not encoder.slow:
-            encoder.encode(rgba)  # warm-up
-        times = []
-        for _ in range(SLOW_REPS if encoder.slow else reps):
-            seconds, data = timed(encoder.encode, rgba)
-            times.append(seconds * 1000)
-        ms.append(median(times))
-        min_ms.append(min(times))
-        sizes.append(len(data))
-        lossless = lossless and reads_back_identically(data, rgba)
-    return Measured(encoder, ms, min_ms, sizes, lossless)
+def measure(encoders: list[Encoder], images, reps: int) -> list[Measured]:
+    """Repetitions go round the encoders (each rep times every encoder once) so that load from other
+    processes, which drifts, falls on all of them alike; slow encoders are timed once."""
+    times: dict[tuple[int, int], list[float]] = {}
+    data: dict[tuple[int, int], bytes] = {}
+    for rep in range(reps):
+        for e, encoder in enumerate(encoders):
+            if encoder.slow and rep > 0:
+                continue
+            for i, rgba in enumerate(images):
+                if rep == 0 and not encoder.slow:
+                    encoder.encode(rgba)  # warm-up
+                seconds, data[e, i] = timed(encoder.encode, rgba)
+                times.setdefault((e, i), []).append(seconds * 1000)
+    out = []
+    for e, encoder in enumerate(encoders):
+        per_image = [times[e, i] for i in range(len(images))]
+        lossless = all(reads_back_identically(data[e, i], rgba) for i, rgba in enumerate(images))
+        out.append(Measured(encoder, [median(t) for t in per_image], [min(t) for t in per_image],
+                            [len(data[e, i]) for i in range(len(images))], lossless))  # fmt: skip
+    return out
 
 
 def scaling(encode: Callable[[np.ndarray], bytes], images, workers: int, kind: str) -> float:
@@ -312,7 +319,7 @@ def main(argv=None) -> None:
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     started = time.perf_counter()
     images = sprites()
-    results = [measure(encoder, images, args.reps) for encoder in encoders()]
+    results = measure(encoders(), images, args.reps)
     for m in results:
         print(f"{m.encoder.name:40s} {m.mean_ms:8.1f} ms {m.mean_kib:8.0f} KiB lossless={m.lossless}", flush=True)
     by_name = {m.encoder.name: m for m in results}
@@ -346,7 +353,8 @@ def render(results: list[Measured], by_name: dict, threads, costs: list[list], g
 
 Produced by `python -m tests.bench.png` ({seconds:.0f} s). Machine: {machine()}.
 Pillow {PIL.__version__} ({zlib}); {versions("opencv-python-headless", "imagecodecs", "fpng", "pyspng-seunglab")}.
-The machine is shared: other processes ran alongside, so times vary by 10-30% between runs.
+The machine is shared: other processes ran alongside; repetitions go round the encoders, so a load that drifts
+falls on all of them alike, but times still vary by 10-30% between runs.
 
 Images: `tests/bench/sprites.py`, {len(base.ms)} deterministic sprites (anti-aliased alpha edges, soft
 shadows, flat, shaded and textured regions, 1-2 levels of grain; transparent background with RGB 0 or with
