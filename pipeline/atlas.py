@@ -21,7 +21,7 @@ from PIL import Image
 
 from . import __version__
 from .sprites import alpha_bbox, crop
-from .writer import write_atomic
+from .storage import write_atomic
 
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 MIN_SHEET = 64  # smallest square tried before growing by powers of two

@@ -21,6 +21,7 @@ FLAG_SECTIONS = {
     "run": ("batch_size", "limit", "max_failures", "overwrite", "strict", "safety_checker", "tta",
             "png_compress_level"),
 }  # fmt: skip
+NOTIFY_FLAGS = ("webhooks", "ping", "metrics_file", "metrics_interval")  # NotifyConfig's (docs/unattended.md)
 
 
 class ExitError(click.ClickException):
@@ -49,6 +50,28 @@ def _shard(ctx, param, value):
 
     try:
         return parse_shard(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+def _url(ctx, param, value):
+    """http(s) URLs only, checked before anything runs; the message never repeats the URL (it may hold a token)."""
+    from .notify import check_url
+
+    urls = value if isinstance(value, tuple) else () if value is None else (value,)  # --notify repeats
+    try:
+        for url in urls:
+            check_url(url, param.opts[0])
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+    return value
+
+
+def _metrics_file(ctx, param, value):
+    from .config import check_metrics_file
+
+    try:
+        return value if value is None else check_metrics_file(value, param.opts[0])
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from None
 
@@ -85,7 +108,15 @@ def _shard(ctx, param, value):
 @click.option("--log-format", type=click.Choice(LOG_FORMATS), help="json: one object per line for cron.")
 @click.option("--verify", is_flag=True, help="Re-hash finished images and redo those whose content changed.")
 @click.option("--report", "make_report", is_flag=True, help="Write DIR/report.html and contact_sheet.png at the end.")
-def generate(input_path, out_dir, config_path, shard, log_format, verify, make_report, **flags):
+@click.option("--notify", "webhooks", multiple=True, metavar="URL", callback=_url,
+              help="POST a JSON report to URL when the run ends (repeatable; signed with "
+                   "$LAYERDIFFUSE_WEBHOOK_SECRET when set).")  # fmt: skip
+@click.option("--ping", metavar="URL", callback=_url, help="Health check: URL/start, then URL on success or URL/fail.")
+@click.option("--metrics-file", metavar="PATH.prom", callback=_metrics_file,
+              help="Prometheus textfile (node_exporter), rewritten while running and at the end.")  # fmt: skip
+@click.option("--metrics-interval", type=click.FloatRange(min=0, min_open=True), metavar="SECONDS",
+              help="Seconds between rewrites of --metrics-file (default 15).")  # fmt: skip
+def generate(input_path, out_dir, config_path, shard, log_format, make_report, **flags):
     """Generate one RGBA PNG per row of INPUT (.csv, .parquet or .jsonl) into OUT/images/.
 
     Table columns: prompt (required); optional id, seed, negative_prompt, guidance_scale,
@@ -97,18 +128,27 @@ def generate(input_path, out_dir, config_path, shard, log_format, verify, make_r
     Examples:
       layerdiffuse generate data/prompts.csv --config configs/tiny.yaml --out outputs/demo
       layerdiffuse generate prompts.parquet --out out/ --batch-size 4 --log-format json
+      layerdiffuse generate t.parquet --out out/ --notify "$HOOK" --ping "$HC" --metrics-file nightly.prom
       accelerate launch --multi_gpu --num_processes 8 -m pipeline generate prompts.parquet --out out/
     """
-    from .logs import Log
+    from .watch import RunWatch, WatchedLog
 
-    log = Log(log_format or "text", rank=shard[0] if shard else 0)
+    log = WatchedLog(log_format or "text", rank=shard[0] if shard else 0)
+    watch = RunWatch(out_dir, shard, log)
+    with watch.reporting():  # once the run holds its folder, it reports how it ended, whatever ends it
+        _generate(watch, input_path, out_dir, config_path, shard, log_format, make_report, flags)
+
+
+def _generate(watch, input_path, out_dir, config_path, shard, log_format, make_report, flags):
+    log = watch.log
     try:
         config = _config(config_path, log_format)
         log.fmt = config.run.log_format
-        flags["base"] = flags.pop("model")
+        watch.configure(_notify_config(config_path, flags))
+        flags["base"], verify = flags.pop("model"), flags.pop("verify")
         for section, names in FLAG_SECTIONS.items():
             config = config.with_overrides(section, **{name: flags[name] for name in names})
-        summary = _run_generate(config, input_path, out_dir, shard, log, verify)
+        summary = _run_generate(config, input_path, out_dir, shard, log, verify, watch)
     except ExitError as exc:
         log.event("error", exc.message, exit_code=exc.exit_code)
         sys.exit(exc.exit_code)
@@ -131,7 +171,14 @@ def generate(input_path, out_dir, config_path, shard, log_format, verify, make_r
     sys.exit(summary.exit_code)
 
 
-def _run_generate(config: Config, input_path: Path, out_dir: str, shard, log, verify: bool):
+def _notify_config(config_path, flags: dict):
+    from .config import load_notify
+
+    values = {name: flags.pop(name) for name in NOTIFY_FLAGS}
+    return load_notify(config_path).with_overrides(**values)
+
+
+def _run_generate(config: Config, input_path: Path, out_dir: str, shard, log, verify: bool, observer=None):
     from . import run
     from .lock import FolderLocked
     from .model.sources import ModelLoadError
@@ -146,7 +193,7 @@ def _run_generate(config: Config, input_path: Path, out_dir: str, shard, log, ve
         run.TooManyFailures: ExitCode.TOO_MANY_FAILURES,
     }
     try:
-        return run.generate(config, input_path, out_dir, shard=shard, log=log, verify=verify)
+        return run.generate(config, input_path, out_dir, shard=shard, log=log, verify=verify, observer=observer)
     except tuple(codes) as exc:
         raise ExitError(str(exc), next(code for kind, code in codes.items() if isinstance(exc, kind))) from None
 
@@ -298,6 +345,39 @@ def build_tiny(folder, seed):
     from .model.tiny import build_tiny_model
 
     click.echo(build_tiny_model(folder, seed))
+
+
+@cli.command("export")
+@click.argument("source", metavar="DIR")
+@click.option("--format", "fmt", required=True, type=click.Choice(["webdataset", "imagefolder", "parquet"]),
+              help="tar shards, a Hugging Face imagefolder, or Parquet with Image columns.")  # fmt: skip
+@click.option("--to", "dest", required=True, metavar="DEST", help="Empty folder or fsspec URL (s3://, gs://, hf://).")
+@click.option("--shard-size", default=1000, show_default=True, type=click.IntRange(min=1),
+              help="Samples per tar / Parquet file, images per imagefolder subfolder.")  # fmt: skip
+@click.option("--include-flagged", is_flag=True, help="Also export flagged rows (transparent placeholder PNGs).")
+@click.option("--overwrite", is_flag=True, help="Delete what DEST holds first (otherwise it must be empty).")
+def export_command(source, fmt, dest, shard_size, include_flagged, overwrite):
+    """Export the images and manifest records of output folder DIR for training code.
+
+    Rows with status ok are exported; failed and invalid rows never, flagged rows only with
+    --include-flagged. DIR and DEST may be local paths or fsspec URLs; every file appears whole,
+    and DEST/export.json (counts and shards) is written last. Exit codes: 0 done, 2 DIR or a flag
+    is wrong (or DEST not empty), 6 DEST cannot be written.
+
+    \b
+    Examples:
+      layerdiffuse export outputs/demo --format webdataset --to exports/wds
+      layerdiffuse export outputs/demo --format parquet --to s3://bucket/sprites --shard-size 5000
+      layerdiffuse export outputs/demo --format imagefolder --to exports/hf --include-flagged
+    """
+    from .export import ExportError, export
+
+    try:
+        summary = export(source, dest, fmt, shard_size, include_flagged, overwrite)
+    except ExportError as exc:
+        raise ExitError(str(exc), exc.exit_code) from None
+    skipped = ", ".join(f"{count} {reason}" for reason, count in sorted(summary.skipped.items())) or "none"
+    click.echo(f"exported {summary.rows} rows as {fmt} to {dest} ({len(summary.files)} files; left out: {skipped})")
 
 
 def main():

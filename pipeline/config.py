@@ -17,6 +17,7 @@ LAYERDIFFUSE_REPO = "LayerDiffusion/layerdiffusion-v1"
 INJECTIONS = ("attn", "conv")
 DTYPES = ("auto", "float32", "float16", "bfloat16")
 LOG_FORMATS = ("text", "json")
+NOTIFY = "notify"  # the config file's section for NotifyConfig
 
 
 class ConfigError(ValueError):
@@ -99,19 +100,102 @@ class Config:
         return config
 
 
+@dataclass(frozen=True)
+class NotifyConfig:
+    """How an unattended run reports itself (docs/unattended.md): webhooks, a health-check URL, metrics.
+
+    Kept out of `Config` on purpose: `Config` is recorded in run.json, while webhook and ping URLs often
+    carry their token in the path or query; and none of this decides which images are made.
+    """
+
+    webhooks: tuple[str, ...] = ()  # --notify URL: POST the run report to each when the run ends
+    ping: str | None = None  # --ping URL: URL/start, then URL on success or URL/fail (healthchecks.io)
+    metrics_file: str | None = None  # --metrics-file PATH.prom: Prometheus textfile, rewritten while running
+    metrics_interval: float = 15.0  # --metrics-interval SECONDS between rewrites
+    metrics_labels: dict[str, str] = field(default_factory=dict)  # on every sample, e.g. {job: nightly}
+    # Delivery of webhooks; pings take half the timeout and backoff and one retry fewer (5 s, 0.5 s, 2).
+    timeout: float = 10.0  # seconds per connect or read
+    retries: int = 3  # further tries after a connection error, a timeout, 5xx or 429
+    backoff: float = 1.0  # seconds before the first retry, doubled before each next one
+
+    @property
+    def active(self) -> bool:
+        return bool(self.webhooks or self.ping or self.metrics_file)
+
+    def with_overrides(self, **values) -> NotifyConfig:
+        """A copy with the given values set; None and empty tuples (flags not given) keep the file's."""
+        values = {k: v for k, v in values.items() if v is not None and v != ()}
+        if not values:
+            return self
+        if "webhooks" in values:
+            values["webhooks"] = tuple(values["webhooks"])
+        notify = replace(self, **values)
+        validate_notify(notify, source="command-line flags")
+        return notify
+
+
+def load_notify(path: str | os.PathLike | None) -> NotifyConfig:
+    """The `notify:` section of a YAML config (the other sections are `load_config`'s)."""
+    if path is None:
+        return NotifyConfig()
+    values = _read(Path(path)).get(NOTIFY) or {}
+    notify = _section(NotifyConfig, values, f"{path}: {NOTIFY}")
+    webhooks = notify.webhooks
+    if isinstance(webhooks, str):
+        webhooks = [webhooks]  # one URL written without a list
+    if not isinstance(webhooks, (list, tuple)):
+        raise ConfigError(f"{path}: {NOTIFY}.webhooks must be a list of URLs, got {type(webhooks).__name__}")
+    notify = replace(notify, webhooks=tuple(webhooks), metrics_labels=notify.metrics_labels or {})
+    validate_notify(notify, source=str(path))
+    return notify
+
+
+def validate_notify(notify: NotifyConfig, source: str) -> None:
+    """Every URL http(s) with a host, a .prom metrics file, a positive interval, valid label names."""
+    from .metrics import check_labels
+    from .notify import check_url
+
+    try:
+        for i, url in enumerate(notify.webhooks):
+            check_url(_text(url, f"{NOTIFY}.webhooks[{i}]"), f"{NOTIFY}.webhooks[{i}]")
+        if notify.ping is not None:
+            check_url(_text(notify.ping, f"{NOTIFY}.ping"), f"{NOTIFY}.ping")
+        if notify.metrics_file is not None:
+            check_metrics_file(str(notify.metrics_file), f"{NOTIFY}.metrics_file")
+        for name, least in (("metrics_interval", "> 0"), ("timeout", "> 0"), ("backoff", ">= 0")):
+            value = getattr(notify, name)
+            if not (_is_number(value) and (value > 0 or (value == 0 and least == ">= 0"))):
+                raise ValueError(f"{NOTIFY}.{name} must be a number of seconds {least}, got {value!r}")
+        if not (_is_int(notify.retries) and notify.retries >= 0):
+            raise ValueError(f"{NOTIFY}.retries must be an integer >= 0, got {notify.retries!r}")
+        if not isinstance(notify.metrics_labels, dict):
+            raise ValueError(f"{NOTIFY}.metrics_labels must be a mapping of label names to values")
+        check_labels(notify.metrics_labels)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{source}: {exc}") from None
+
+
+def _text(value, what: str) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"{what} must be a URL in quotes, got {type(value).__name__} {value!r}")
+    return value
+
+
+def check_metrics_file(path: str, what: str) -> str:
+    """node_exporter's textfile collector reads only `*.prom` files: any other name would be ignored silently."""
+    if not path.endswith(".prom"):
+        raise ValueError(f"{what} must be a file name ending in .prom (node_exporter reads only those), got {path!r}")
+    return path
+
+
 def load_config(path: str | os.PathLike | None) -> Config:
     """Read a YAML config; relative model paths resolve against the file's folder."""
     if path is None:
         return Config()
     path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except (OSError, yaml.YAMLError) as exc:
-        raise ConfigError(f"{path}: cannot read config: {exc}") from exc
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping with sections model, defaults, run")
-    sections = {f.name: f.type for f in fields(Config)}
-    unknown = set(data) - set(sections)
+    data = _read(path)
+    sections = {f.name for f in fields(Config)} | {NOTIFY}
+    unknown = set(data) - sections
     if unknown:
         raise ConfigError(f"{path}: unknown section(s) {sorted(unknown)}; allowed: {sorted(sections)}")
     kwargs = {}
@@ -121,6 +205,16 @@ def load_config(path: str | os.PathLike | None) -> Config:
     config = replace(config, model=_resolve_paths(config.model, path.parent))
     validate(config, source=str(path))
     return config
+
+
+def _read(path: Path) -> dict:
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"{path}: cannot read config: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping with sections model, defaults, run, {NOTIFY}")
+    return data
 
 
 def _section(cls, values: dict, where: str):

@@ -14,15 +14,16 @@ from collections import Counter
 ENV = "LAYERDIFFUSE_FAULT"
 MOMENTS = (
     "planned",  # the run decided what to do; nothing written yet
-    "run_info_written",
+    "keys_written",
     "model_loaded",
     "batch_generated",  # a batch's images are in memory
     "png_temp_written",  # a PNG is complete under its temporary name
     "png_in_place",  # renamed into place, its record not yet appended
     "record_appended",
     "batch_recorded",  # every row of a batch has its record
-    "manifest_jsonl_written",
-    "manifest_parquet_written",
+    "manifest_parquet_written",  # manifest.parquet in place, manifest.jsonl not yet
+    "manifest_jsonl_written",  # both in place, the checkpoint not yet
+    "merged",  # the checkpoint too; the run statistics not yet
 )
 _target, _, _count = os.environ.get(ENV, "").partition(":")
 _reached: Counter = Counter()

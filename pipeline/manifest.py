@@ -78,7 +78,8 @@ def merge(storage: Storage, keys: pa.Array | None = None, passthrough: list[str]
         return None  # a cheap look first: most processes of a launch finish before the last one
     old, consumed = _checkpoint(storage)
     new, offsets = read_new(storage, consumed)
-    if new.num_rows == 0 and old.column("id").combine_chunks().equals(keys):
+    written = storage.exists(MANIFEST_PARQUET) and storage.exists(MANIFEST_JSONL)
+    if new.num_rows == 0 and written and old.column("id").combine_chunks().equals(keys):
         return Merged(len(keys), _unfinished(old), rewritten=False)
     records = pa.concat_tables([old, new.select(old.column_names)])
     latest = _last_positions(records)

@@ -60,7 +60,7 @@ def write_metrics(path: str | Path, snapshot: MetricsSnapshot, labels: Mapping[s
     """
     from prometheus_client import CollectorRegistry, write_to_textfile
 
-    labels = _checked(labels)
+    labels = check_labels(labels)
     if snapshot.succeeded:
         last_success = snapshot.finished_at if snapshot.finished_at is not None else time.time()
     else:
@@ -84,7 +84,8 @@ def previous_value(path: str | Path, name: str, labels: Mapping[str, str]) -> fl
     return 0.0
 
 
-def _checked(labels: Mapping[str, str] | None) -> dict[str, str]:
+def check_labels(labels: Mapping[str, str] | None) -> dict[str, str]:
+    """The labels as strings; ValueError for names Prometheus refuses (or `outcome`, used by the rows metric)."""
     labels = {str(k): str(v) for k, v in (labels or {}).items()}
     bad = [k for k in labels if not LABEL_NAME.fullmatch(k) or k.startswith("__") or k == "outcome"]
     if bad:
@@ -148,21 +149,32 @@ class MetricsUpdater:
         labels: Mapping[str, str] | None = None,
         log: LogFn | None = None,
     ):
-        self.path, self.interval, self.labels = Path(path), interval, _checked(labels)
+        self.path, self.interval, self.labels = Path(path), interval, check_labels(labels)
         self._snapshot, self._log = snapshot, log
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name=f"metrics:{self.path.name}", daemon=True)
         self._warned = False
 
     def __enter__(self) -> MetricsUpdater:
+        return self.start()
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self.stop(lambda: _closed(self._snapshot(), exc))
+
+    def start(self) -> MetricsUpdater:
+        """Write the file now, then every `interval` seconds until `stop`."""
         self._write(self._snapshot)
         self._thread.start()
         return self
 
-    def __exit__(self, exc_type, exc, tb) -> None:
+    def stop(self, final: MetricsSnapshot | Callable[[], MetricsSnapshot] | None = None) -> None:
+        """End the rewrites and write `final` (a snapshot, or a function giving one); None leaves the file as
+        last written, for a process whose run goes on in another (the last process of a launch reports)."""
         self._stop.set()
-        self._thread.join()
-        self._write(lambda: _closed(self._snapshot(), exc))
+        if self._thread.is_alive():
+            self._thread.join()
+        if final is not None:
+            self._write(final if callable(final) else lambda: final)
 
     def _loop(self) -> None:
         while not self._stop.wait(self.interval):
@@ -180,11 +192,12 @@ class MetricsUpdater:
 def _closed(snapshot: MetricsSnapshot, exc: BaseException | None) -> MetricsSnapshot:
     if not snapshot.running:
         return snapshot
-    code = snapshot.exit_code if snapshot.exit_code is not None else _exit_code_of(exc)
+    code = snapshot.exit_code if snapshot.exit_code is not None else exit_code_of(exc)
     return replace(snapshot, running=False, exit_code=code, finished_at=time.time())
 
 
-def _exit_code_of(exc: BaseException | None) -> int | None:
+def exit_code_of(exc: BaseException | None) -> int | None:
+    """The exit code a process leaving with `exc` gets: SystemExit's code, 130 for Ctrl-C, else 1; None: none."""
     if exc is None:
         return None
     if isinstance(exc, SystemExit):

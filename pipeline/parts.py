@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from .faults import fault_point
-from .schema import CONTEXT_FIELDS, PART_SCHEMA, SCHEMA
+from .schema import CONTEXT_FIELDS, PART_SCHEMA, SCHEMA, json_record
 from .storage import OutputError, Storage
 
 PARTS = "parts"
@@ -41,11 +41,7 @@ def part_line(record: dict) -> str:
 
 def record_from_part(row: dict) -> dict:
     """The inverse of `part_line` (with the context filled in): a record as manifest.jsonl has it."""
-    record = {name: row.get(name) for name in SCHEMA.names}
-    if record["finished_at"] is not None:
-        record["finished_at"] = record["finished_at"].isoformat(timespec="milliseconds").replace("+00:00", "Z")
-    if record["input"] is not None:
-        record["input"] = json.loads(record["input"])
+    record = json_record({name: row.get(name) for name in SCHEMA.names})
     return {**record, **json.loads(row.get("extra") or "{}")}
 
 

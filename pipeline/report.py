@@ -24,6 +24,7 @@ from PIL import Image, ImageColor, ImageDraw, ImageFont
 from .manifest import MANIFEST_PARQUET, folder_state, read_keys, read_run_info
 from .parts import record_from_part
 from .records import Status
+from .schema import json_record
 from .storage import Storage
 
 THUMBS = "thumbs"
@@ -47,7 +48,7 @@ def run_records(storage: Storage, chunk: int = PAGE_SIZE):
     if storage.exists(MANIFEST_PARQUET):
         manifest = pq.ParquetFile(storage.path(MANIFEST_PARQUET), filesystem=storage.fs)
         batches = manifest.iter_batches(batch_size=chunk)
-        return manifest.metadata.num_rows, ([_from_parquet(r) for r in batch.to_pylist()] for batch in batches)
+        return manifest.metadata.num_rows, ([json_record(r) for r in batch.to_pylist()] for batch in batches)
     import pyarrow.compute as pc
 
     keys, _ = read_keys(storage)
@@ -55,13 +56,6 @@ def run_records(storage: Storage, chunk: int = PAGE_SIZE):
     ordered = state.take(pc.drop_null(pc.index_in(keys, state.column("id"))))
     slices = (ordered.slice(i, chunk) for i in range(0, ordered.num_rows, chunk))
     return ordered.num_rows, ([record_from_part(r) for r in part.to_pylist()] for part in slices)
-
-
-def _from_parquet(record: dict) -> dict:
-    """Arrow gives the raw cells of an invalid row as (key, value) pairs."""
-    if record.get("input") is not None:
-        record["input"] = dict(record["input"])
-    return record
 
 
 def build_report(storage: Storage, background: str = "checker", sheet_count: int = 64, thumb_size: int = 192,

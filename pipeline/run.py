@@ -11,6 +11,7 @@ from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 from .config import Config, as_dict
 from .determinism import batch_positions
@@ -71,6 +72,16 @@ class Summary:
         return ExitCode.ROWS if self.failed or self.invalid or self.unfinished_in_manifest else ExitCode.OK
 
 
+class Observer(Protocol):
+    """Watches a run from outside (pipeline/watch.py reports it to webhooks, pings and metrics)."""
+
+    def started(self, process: Process) -> None:
+        """The folder lock is held: the run is this folder's now (called on every process of a launch)."""
+
+    def planned(self, summary: Summary) -> None:
+        """The run's live summary, whose counts grow as rows finish."""
+
+
 @dataclass
 class Job:
     """What one process does, decided before anything is written."""
@@ -92,8 +103,9 @@ class Job:
 
 
 def generate(config: Config, input_path: Path, out: str | Path, shard=None, log: Log | None = None,
-             verify: bool = False) -> Summary:  # fmt: skip
-    """`verify`: re-hash the images of finished rows and redo those whose content changed."""
+             verify: bool = False, observer: Observer | None = None) -> Summary:  # fmt: skip
+    """`verify`: re-hash the images of finished rows and redo those whose content changed; `observer`: told
+    when the folder is held and when the work is planned."""
     started = time.perf_counter()
     process = current_process(shard)
     log = log or Log(config.run.log_format)
@@ -108,13 +120,18 @@ def generate(config: Config, input_path: Path, out: str | Path, shard=None, log:
     storage.makedirs()
     # 2. one run per folder; 3. plan; 4. render; 5. merge
     with lock_folder(storage, process, shard):
+        if observer:
+            observer.started(process)
         job = _plan(config, table, storage, process, log, verify)
+        if observer:
+            observer.planned(job.summary)
         fault_point("planned")
         with PartWriter(storage, part_stem(process.rank, process.world_size)) as part, _stop_on_signals(log) as stop:
             _prepare_folder(job, table, part)
             if job.batches:
                 _render(job, part, stop)
         _merge(job, table)
+        fault_point("merged")
         job.summary.seconds = time.perf_counter() - started
         _write_statistics(job, table, input_path, part.stem)
     log.event("summary", **job.summary.counts(), out=str(storage))
@@ -140,7 +157,7 @@ def _plan(config: Config, table: Table, storage: Storage, process: Process, log:
     mine = my_share(range(len(batches)), process, pending=lambda i: any(p in pending.todo for p in batches[i]))
     process.wait_for_peers()  # every process has read the folder before any writes to it
     reports = process.is_main or not process.launched  # counts the rows it examined
-    summary = Summary(invalid=len(table.invalid) if process.is_main else 0, launched=process.launched,
+    summary = Summary(invalid=len(table.invalid), launched=process.launched,
                       skipped=pending.examined - len(pending.todo) if reports else 0)  # fmt: skip
     for row in table.invalid if process.is_main else ():
         log.event("invalid_row", row.error, id=row.key, row=row.number)
@@ -186,6 +203,7 @@ def _prepare_folder(job: Job, table: Table, part: PartWriter) -> None:
     if not job.process.is_main:
         return
     write_keys(storage, table.keys, list(table.valid.extra))
+    fault_point("keys_written")
     if table.invalid:
         state = folder_state(storage, ["id", "status", "error"])
         recorded = dict(zip(state.column("id").to_pylist(), state.column("error").to_pylist(), strict=True))

@@ -46,16 +46,13 @@ SCHEMA = pa.schema(
     + [("has_nsfw_concepts", pa.bool_()), ("image", IMAGE), ("sha256", pa.string()), ("request_hash", pa.string()),
        ("batch_index", pa.int64()), ("batch_size", pa.int32()), ("generation_seconds", pa.float64()),
        ("write_seconds", pa.float64()), ("finished_at", pa.timestamp("ms", tz="UTC")), ("rank", pa.int32()),
-       ("model", MODEL), ("environment", ENVIRONMENT), ("input", pa.map_(pa.string(), pa.string()))],
+       ("model", MODEL), ("environment", ENVIRONMENT), ("input", pa.string())],
     metadata={"layerdiffuse.manifest_version": VERSION},
 )  # fmt: skip
 MANIFEST_FIELDS = tuple(SCHEMA.names)
 CONTEXT_FIELDS = ("model", "environment", "rank")  # the same for every record of a process
-# A record in a part log: no context, raw cells and passthrough columns as JSON text (`extra`).
-PART_SCHEMA = pa.schema(
-    [f if f.name != "input" else pa.field("input", pa.string()) for f in SCHEMA if f.name not in CONTEXT_FIELDS]
-    + [pa.field("extra", pa.string())]
-)
+# A record in a part log: no context, passthrough columns as JSON text (`extra`).
+PART_SCHEMA = pa.schema([f for f in SCHEMA if f.name not in CONTEXT_FIELDS] + [pa.field("extra", pa.string())])
 assert tuple(name for name, _ in PARAMS) == PARAM_COLUMNS
 # Table columns that would clash with a manifest field (the parameters and `id` are the table's own).
 RESERVED_COLUMNS = frozenset(MANIFEST_FIELDS) - {"id", *PARAM_COLUMNS}
@@ -73,6 +70,15 @@ def to_arrow(records: list[dict], passthrough: list[str] | None = None) -> pa.Ta
     return pa.Table.from_arrays(columns, schema=schema)
 
 
+def json_record(row: dict) -> dict:
+    """A row as Arrow gives it (from manifest.parquet or a log) -> the record as manifest.jsonl has it."""
+    if row.get("finished_at") is not None and not isinstance(row["finished_at"], str):
+        row["finished_at"] = row["finished_at"].isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    if isinstance(row.get("input"), str):
+        row["input"] = json.loads(row["input"])
+    return row
+
+
 def _fields():
     return ((f.name, f) for f in SCHEMA)
 
@@ -81,7 +87,7 @@ def _cell(name: str, value):
     if name == "finished_at" and isinstance(value, str):
         return datetime.fromisoformat(value.replace("Z", "+00:00"))
     if name == "input" and value is not None:
-        return list(value.items())
+        return json.dumps(value, ensure_ascii=False)
     return value
 
 

@@ -55,7 +55,7 @@ def stable(records):
 
 
 def snapshot(out):
-    return {p.name: (p.stat().st_mtime_ns, p.stat().st_ino, p.read_bytes()) for p in (out / "images").glob("*.png")}
+    return {p.name: (p.stat().st_mtime_ns, p.stat().st_ino, p.read_bytes()) for p in (out / "images").rglob("*.png")}
 
 
 @pytest.fixture(scope="module")
@@ -87,7 +87,7 @@ def test_first_run_writes_rgba_pngs_and_a_complete_manifest(first_run):
         data = png.read_bytes()
         assert record["sha256"] == hashlib.sha256(data).hexdigest()
         assert record["image"] == {
-            "url": f"images/{record['id']}.png",
+            "url": f"images/00000/{record['id']}.png",
             "content_type": "image/png",
             "file_name": f"{record['id']}.png",
             "file_size": len(data),
@@ -139,11 +139,28 @@ def test_rerun_skips_everything_without_loading_the_model(own_run, tiny_config_f
     assert snapshot(folder / "out") == before
 
 
+def test_a_rerun_opens_no_image_and_writes_only_its_statistics(own_run, tiny_config_file):
+    folder, _ = own_run
+    out = folder / "out"
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
+    opened = []
+    watched = str(out / "images")
+    sys.addaudithook(
+        lambda event, args: opened.append(args[0]) if event == "open" and watched in str(args[0]) else None
+    )
+    result = run("generate", folder / "t.csv", "--out", out, config=tiny_config_file)
+    assert result.exit_code == 0, result.output
+    assert opened == [], opened  # done is decided from the manifest and one listing per folder
+    changed = {p.relative_to(out).parts[0] for p in out.rglob("*") if p.is_file() and
+               before.get(p) != p.stat().st_mtime_ns}  # fmt: skip
+    assert changed == {"stats", "run.json", ".lock"}
+
+
 def test_deleted_png_is_redone_alone_and_byte_identical(own_run, tiny_config_file):
     folder, _ = own_run
     out = folder / "out"
     before = snapshot(out)
-    (out / "images" / "apple.png").unlink()
+    (out / "images" / "00000" / "apple.png").unlink()
     result = run("generate", folder / "t.csv", "--out", out, config=tiny_config_file)
     assert result.exit_code == 0, result.output
     after = snapshot(out)
@@ -182,7 +199,7 @@ def test_invalid_rows_are_recorded_and_the_rest_run(tmp_path, tiny_config_file):
     ]  # fmt: skip
     assert f"{table}: row 2, column 'seed': value 'abc' is not a number" in records[1]["error"]
     assert "not a safe file name" in records[2]["error"] and "multiple of 64" in records[3]["error"]
-    assert sorted(p.name for p in (tmp_path / "out" / "images").iterdir()) == ["good.png"]
+    assert sorted(p.name for p in (tmp_path / "out" / "images").rglob("*.png")) == ["good.png"]
     assert "invalid=3" in result.stderr
 
 
@@ -236,7 +253,7 @@ def test_validate_and_status(first_run, tmp_path):
 def test_status_counts_a_deleted_png_as_pending(tmp_path, tiny_config_file):
     (tmp_path / "t.csv").write_text("prompt\na\nb\n")
     assert run("generate", tmp_path / "t.csv", "--out", tmp_path / "out", config=tiny_config_file).exit_code == 0
-    (tmp_path / "out" / "images" / "row-000002.png").write_bytes(b"truncated")
+    (tmp_path / "out" / "images" / "00000" / "row-000002.png").write_bytes(b"truncated")
     status = run("status", tmp_path / "out")
     assert status.exit_code == 3 and "done=1" in status.output and "pending=1" in status.output
 
@@ -270,4 +287,5 @@ def test_temporary_files_of_a_killed_run_are_removed(tmp_path, tiny_config_file)
     far = images / ".far.png.otherhost@1.ghi789.tmp"
     far.write_bytes(b"from another machine, recent: kept")
     assert run("generate", tmp_path / "t.csv", "--out", tmp_path / "out", config=tiny_config_file).exit_code == 0
-    assert sorted(p.name for p in images.iterdir()) == sorted([live.name, far.name, "row-000001.png"])
+    assert sorted(p.name for p in images.iterdir()) == sorted([live.name, far.name, "00000"])
+    assert [p.name for p in (images / "00000").iterdir()] == ["row-000001.png"]

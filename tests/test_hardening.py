@@ -17,6 +17,7 @@ from PIL import Image
 from pipeline.cli import cli
 from pipeline.lock import FolderLock, FolderLocked
 from pipeline.manifest import latest_records
+from pipeline.storage import Storage
 from tests.conftest import REPO
 
 VOLATILE = {"generation_seconds", "write_seconds", "finished_at", "environment", "rank"}
@@ -38,7 +39,7 @@ def start(table, out, config, *extra, **kwargs) -> subprocess.Popen:
 
 
 def hashes(out: Path) -> dict[str, str]:
-    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted((out / "images").glob("*.png"))}
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted((out / "images").rglob("*.png"))}
 
 
 def manifest(out: Path) -> list[dict]:
@@ -59,10 +60,10 @@ def wait_for_event(process: subprocess.Popen, name: str, timeout: float = 120) -
 
 def assert_consistent(out: Path) -> None:
     """What any instant must look like: every PNG whole, every ok record matching its file."""
-    for png in (out / "images").glob("*.png"):
+    for png in (out / "images").rglob("*.png"):
         with Image.open(png) as image:
             image.load()
-    for record in latest_records(out).values():
+    for record in latest_records(Storage(out)).values():
         if record["status"] == "ok":
             data = (out / record["image"]["url"]).read_bytes()
             assert hashlib.sha256(data).hexdigest() == record["sha256"], record["id"]
@@ -99,7 +100,7 @@ def test_sigkill_at_twelve_moments_then_rerun_is_complete_and_byte_identical(ref
     assert hashes(out) == hashes(ref) and len(hashes(ref)) == ROWS
     assert manifest(out) == manifest(ref)
     assert_consistent(out)
-    assert not list((out / "images").glob(".*")), "temporary files left behind"
+    assert not list((out / "images").rglob(".*")), "temporary files left behind"
 
 
 def test_sigterm_stops_after_the_current_batch(reference, tiny_config_file, tmp_path):
@@ -113,7 +114,7 @@ def test_sigterm_stops_after_the_current_batch(reference, tiny_config_file, tmp_
     assert summary["interrupted"] is True and 0 < summary["ok"] < ROWS
     assert not (out / "manifest.jsonl").exists()
     assert_consistent(out)
-    assert len(latest_records(out)) == summary["ok"]  # every written PNG has its record
+    assert len(latest_records(Storage(out))) == summary["ok"]  # every written PNG has its record
     rerun = subprocess.run(command(table, out, tiny_config_file), cwd=REPO, env=env(), capture_output=True)
     assert rerun.returncode == 0 and hashes(out) == hashes(ref)
 
@@ -158,7 +159,7 @@ def test_full_disk_is_a_clear_error_and_loses_nothing(reference, tiny_config_fil
     assert "cannot write" in error["message"] and str(out / "images") in error["message"]
     assert "bytes written" in error["message"]
     assert_consistent(out)
-    assert not list((out / "images").glob(".*"))
+    assert not list((out / "images").rglob(".*"))
     rerun = subprocess.run(command(table, out, tiny_config_file), cwd=REPO, env=env(), capture_output=True)
     assert rerun.returncode == 0 and hashes(out) == hashes(ref)
 
@@ -192,7 +193,7 @@ def test_failed_batch_is_retried_row_by_row_and_the_run_goes_on(failing_prompt, 
     }
     assert [records[k]["status"] for k in "abc"] == ["ok", "failed", "ok"]
     assert records["b"]["error"] == "RuntimeError: CUDA out of memory (simulated)"
-    assert sorted(p.name for p in (tmp_path / "out" / "images").iterdir()) == ["a.png", "c.png"]
+    assert sorted(p.name for p in (tmp_path / "out" / "images").rglob("*.png")) == ["a.png", "c.png"]
 
 
 def test_max_failures_stops_a_run_that_fails_everywhere(failing_prompt, tiny_config_file, tmp_path):

@@ -104,7 +104,7 @@ def test_generate_records_every_hostile_row_and_runs_the_good_one(tmp_path, tiny
     records = [json.loads(x) for x in (tmp_path / "out" / "manifest.jsonl").read_text().splitlines()]
     assert [r["status"] for r in records] == ["ok"] + ["invalid"] * 7
     assert all(f"row {i + 1}, column" in r["error"] for i, r in enumerate(records[1:], 1))
-    assert sorted(os.listdir(tmp_path / "out" / "images")) == ["good.png"]
+    assert sorted(os.listdir(tmp_path / "out" / "images" / "00000")) == ["good.png"]
     import pyarrow.parquet as pq_
 
     assert pq_.read_table(tmp_path / "out" / "manifest.parquet").num_rows == len(rows)

@@ -13,6 +13,7 @@ from PIL import Image
 
 from pipeline.faults import ENV, MOMENTS
 from pipeline.manifest import latest_records
+from pipeline.storage import Storage
 from tests.conftest import REPO
 
 VOLATILE = {"generation_seconds", "write_seconds", "finished_at", "environment", "rank"}
@@ -31,7 +32,7 @@ def command(table, out, config, *extra):
 
 
 def hashes(out):
-    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted((out / "images").glob("*.png"))}
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted((out / "images").rglob("*.png"))}
 
 
 def manifest(out):
@@ -41,10 +42,10 @@ def manifest(out):
 
 def assert_consistent(out):
     """What any instant must look like: every PNG whole, every ok record matching its file."""
-    for png in (out / "images").glob("*.png"):
+    for png in (out / "images").rglob("*.png"):
         with Image.open(png) as image:
             image.load()
-    for record in latest_records(out).values():
+    for record in latest_records(Storage(out)).values():
         if record["status"] == "ok":
             data = (out / record["image"]["url"]).read_bytes()
             assert hashlib.sha256(data).hexdigest() == record["sha256"], record["id"]
@@ -75,7 +76,7 @@ def test_sigkill_at_a_named_moment_then_rerun_is_complete_and_byte_identical(mom
     assert rerun.returncode == 3, rerun.stderr
     assert hashes(out) == hashes(ref) and len(hashes(ref)) == ROWS - 1
     assert manifest(out) == manifest(ref)
-    assert not list((out / "images").glob(".*")), "temporary files left behind"
+    assert not list((out / "images").rglob(".*")), "temporary files left behind"
 
 
 def test_first_ctrl_c_says_at_once_what_happens_and_the_run_stops_after_its_batch(reference, tiny_config_file,
@@ -94,4 +95,4 @@ def test_first_ctrl_c_says_at_once_what_happens_and_the_run_stops_after_its_batc
     assert process.wait(timeout=300) == 130
     finished = 1 + rest.count("batch_done")  # the batch under way when the signal came is finished too
     assert finished <= 2 and rest[-2:] == ["interrupted", "summary"]
-    assert len(latest_records(tmp_path / "out")) == 1 + 2 * finished  # the invalid row, two rows a batch
+    assert len(latest_records(Storage(tmp_path / "out"))) == 1 + 2 * finished  # the invalid row, two rows a batch

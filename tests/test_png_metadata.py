@@ -18,7 +18,7 @@ def test_every_scheduler_is_named_as_automatic1111_writes_it(name, tmp_path, tin
             "--scheduler", name, "--num-inference-steps", "3"]  # fmt: skip
     result = CliRunner().invoke(cli, args, catch_exceptions=False)
     assert result.exit_code == 0, result.output
-    png = tmp_path / "out" / "images" / "x.png"
+    png = tmp_path / "out" / "images" / "00000" / "x.png"
     with Image.open(png) as image:
         assert image.size == (128, 64)
     info = ParserManager().parse(str(png))

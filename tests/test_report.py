@@ -13,8 +13,10 @@ from click.testing import CliRunner
 from PIL import Image
 
 from pipeline.cli import cli
-from pipeline.manifest import write_manifest, write_run_info
+from pipeline.manifest import merge, write_keys
+from pipeline.parts import PartWriter
 from pipeline.report import CHECKER_COLOURS, build_report
+from pipeline.storage import Storage
 
 COLOURS = [(220, 30, 30), (30, 160, 40), (40, 60, 220), (240, 200, 20)]
 CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
@@ -56,13 +58,22 @@ def run_dir(tmp_path) -> Path:
     records.append(record("bad", status="invalid", prompt=None, error="t.csv: row 7, column 'seed': value 'x' ..."))
     records.append(record("xss", prompt="</script><script>document.title='pwned'</script><b>bold</b>",
                           status="failed", error="<img src=x onerror=alert(1)>"))  # fmt: skip
-    write_manifest(tmp_path, records)
-    write_run_info(tmp_path, {"keys": [r["id"] for r in records], "total_rows": len(records), "input": "t.csv"})
+    record_run(tmp_path, records)
     return tmp_path
 
 
+def record_run(folder: Path, records: list[dict], keys: list[str] | None = None) -> None:
+    """The records as a run leaves them: a part log, the table's keys, the merged manifest."""
+    storage = Storage(folder)
+    with PartWriter(storage, f"2026{len(list(folder.glob('parts/*.jsonl'))):06d}-rank00000-of-00001") as part:
+        for item in records:
+            part.append(item)
+    write_keys(storage, keys or [r["id"] for r in records], [])
+    assert merge(storage) is not None
+
+
 def test_contact_sheet_tiles_ids_and_checkerboard(run_dir):
-    _, sheet_path = build_report(run_dir)
+    _, sheet_path = build_report(Storage(run_dir))
     sheet = np.asarray(Image.open(sheet_path).convert("RGB"))
     # 5 images with files (4 sprites + the flagged placeholder): a 3 x 2 grid of 256 px tiles + 22 px labels
     assert sheet.shape == (2 * (256 + 22), 3 * 256, 3)
@@ -84,17 +95,17 @@ def test_solid_background(run_dir):
 
 
 def test_thumbnails_are_rebuilt_only_when_their_source_changes(run_dir):
-    build_report(run_dir)
+    build_report(Storage(run_dir))
     thumbs = {p.name: p.stat().st_mtime_ns for p in (run_dir / "thumbs").iterdir()}
     assert len(thumbs) == 5
-    build_report(run_dir)
+    build_report(Storage(run_dir))
     assert {p.name: p.stat().st_mtime_ns for p in (run_dir / "thumbs").iterdir()} == thumbs
     manifest = [json.loads(x) for x in (run_dir / "manifest.jsonl").read_text().splitlines()]
     png = sprite((255, 0, 255))
     (run_dir / "images" / "s1.png").write_bytes(png)
-    manifest[1]["sha256"] = hashlib.sha256(png).hexdigest()
-    write_manifest(run_dir, manifest)
-    build_report(run_dir)
+    redone = {**manifest[1], "sha256": hashlib.sha256(png).hexdigest()}  # a later run redid s1
+    record_run(run_dir, [redone], keys=[r["id"] for r in manifest])
+    build_report(Storage(run_dir))
     after = {p.name: p.stat().st_mtime_ns for p in (run_dir / "thumbs").iterdir()}
     changed = set(after.items()) ^ set(thumbs.items())
     assert {name.split(".")[0] for name, _ in changed} == {"s1"} and len(after) == 5
@@ -128,7 +139,7 @@ def test_report_in_a_real_browser(run_dir, browser):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
-    build_report(run_dir)
+    build_report(Storage(run_dir))
     browser.get((run_dir / "report.html").as_uri())
     WebDriverWait(browser, 20).until(
         lambda d: d.execute_script("return [...document.images].every(i => i.complete && i.naturalWidth > 0)")
@@ -171,5 +182,24 @@ def test_generate_with_report_flag(tmp_path, tiny_config_file):
     result = CliRunner().invoke(cli, [*args, "--report"])
     assert result.exit_code == 0, result.output
     page = (tmp_path / "out" / "report.html").read_text()
-    assert "row-000002" in page and "thumbs/row-000001." in page
+    assert "row-000002" in page and "thumbs/00000/row-000001." in page
     assert Image.open(tmp_path / "out" / "contact_sheet.png").size == (2 * 256, 256 + 22)
+
+
+def test_a_long_run_is_paginated_and_every_page_finds_its_thumbnails(run_dir):
+    import re
+
+    page, _ = build_report(Storage(run_dir), page_size=3)
+    pages = [Path(page), *sorted((run_dir / "report").glob("page-*.html"))]
+    assert [p.name for p in pages] == ["report.html", "page-00002.html", "page-00003.html"]
+    seen = []
+    for number, path in enumerate(pages, 1):
+        text = path.read_text()
+        cards = json.loads(re.search(r"const CARDS = (\[.*?\]);\n", text, re.S).group(1).replace("<\\/", "</"))
+        seen += [c["id"] for c in cards]
+        assert len(cards) == (3 if number < 3 else 2) and f"page {number} of 3" in text
+        for card in cards:
+            if "thumb" in card:
+                assert (path.parent / card["thumb"]).is_file() and (path.parent / card["url"]).is_file()
+        assert ("<dt>rows</dt><dd>8</dd>" in text) == (number == 1)  # the run summary heads the first page
+    assert seen == ["s0", "s1", "s2", "s3", "nsfw", "broken", "bad", "xss"]

@@ -46,7 +46,7 @@ def records(tmp_path):
 
 
 def pixels(tmp_path, key):
-    with Image.open(tmp_path / "out" / "images" / f"{key}.png") as image:
+    with Image.open(tmp_path / "out" / "images" / "00000" / f"{key}.png") as image:
         return image.mode, image.size, np.asarray(image)
 
 
@@ -92,7 +92,7 @@ def test_missing_checker_fails_before_generation_with_both_ways_out(tmp_path, ti
     error = events[-1]["message"]
     assert f"safety checker: {absent}" in error and "--no-safety-checker" in error
     assert "model_loaded" not in {e["event"] for e in events}
-    assert not list((tmp_path / "out" / "images").glob("*.png"))
+    assert not list((tmp_path / "out" / "images").rglob("*.png"))
 
 
 def test_uncached_default_checker_offline_is_named(tmp_path, tiny_config):

@@ -79,7 +79,7 @@ def assert_complete(out: Path, output: str) -> None:
 
 
 def hashes(out: Path) -> dict[str, str]:
-    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted((out / "images").glob("*.png"))}
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted((out / "images").rglob("*.png"))}
 
 
 def manifest(out: Path) -> list[dict]:
@@ -104,7 +104,7 @@ def test_two_processes_with_accelerate_match_one_process(reference, tiny_config_
     process = launch(2, table, tmp_path / "two", tiny_config_file)
     output, _ = process.communicate(timeout=300)
     assert_complete(tmp_path / "two", output)
-    parts = sorted(p.name.split("-", 1)[1] for p in (tmp_path / "two" / "parts").iterdir())
+    parts = sorted(p.name.split("-", 1)[1] for p in (tmp_path / "two" / "parts").glob("*.jsonl"))
     assert parts == ["rank00000-of-00002.jsonl", "rank00001-of-00002.jsonl"]
     assert hashes(tmp_path / "two") == hashes(one) and len(hashes(one)) == ROWS
     assert manifest(tmp_path / "two") == manifest(one)
@@ -120,7 +120,7 @@ def test_killed_process_then_rerun_with_another_count_completes_byte_identical(r
     victim.send_signal(signal.SIGKILL)
     process.communicate(timeout=120)
     assert process.returncode != 0
-    done_before = len(list((out / "images").glob("*.png")))
+    done_before = len(list((out / "images").rglob("*.png")))
     assert 0 < done_before < ROWS, "the kill must land mid-run for this test to mean anything"
     assert not (out / "manifest.jsonl").exists()
     rerun = launch(3, table, out, tiny_config_file)
@@ -128,13 +128,13 @@ def test_killed_process_then_rerun_with_another_count_completes_byte_identical(r
     assert_complete(out, output)
     assert hashes(out) == hashes(one)
     assert manifest(out) == manifest(one)
-    assert not [p for p in (out / "images").iterdir() if p.suffix != ".png"], "temporary files left behind"
+    assert not [p for p in (out / "images").rglob("*") if p.is_file() and p.suffix != ".png"], "temporary files left"
 
 
 def _wait_for_progress_then_pick_worker(process: subprocess.Popen, out: Path) -> psutil.Process:
     deadline = time.time() + 120
     while time.time() < deadline:
-        if len(list((out / "images").glob("*.png"))) >= 2:
+        if len(list((out / "images").rglob("*.png"))) >= 2:
             workers = [c for c in psutil.Process(process.pid).children(recursive=True) if "pipeline" in c.cmdline()]
             if workers:
                 return workers[-1]

@@ -1,4 +1,5 @@
-"""SDXL + LayerDiffuse: the transparent decoder, the UNet weight merge, loading, generation, tiny model.
+"""SDXL + LayerDiffuse: the transparent decoder, the UNet weight merge, loading (folders, single-file
+checkpoints, VAE overrides), LoRA adapters, generation, the tiny model.
 
 Names load on first use, so importing a torch-free submodule (`sources`) does not import torch.
 """
@@ -10,6 +11,8 @@ import os
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 _HOMES = {
+    "inspect_checkpoint": "checkpoint",
+    "require_sdxl_checkpoint": "checkpoint",
     "TransparentVAEDecoder": "decoder",
     "checkerboard": "decoder",
     "to_preview_uint8": "decoder",
@@ -20,6 +23,11 @@ _HOMES = {
     "load_decoder": "loading",
     "load_model": "loading",
     "resolve_device": "loading",
+    "LoraAdapters": "lora",
+    "LoraError": "lora",
+    "ResolvedLora": "lora",
+    "resolve_lora": "lora",
+    "resolve_loras": "lora",
     "WeightMergeError": "merge",
     "merge_layerdiffuse_weights": "merge",
     "SafetyChecker": "safety",
@@ -29,6 +37,8 @@ _HOMES = {
     "ModelFilesMissing": "sources",
     "ModelLoadError": "sources",
     "build_tiny_model": "tiny",
+    "write_single_file": "tiny",
+    "build_tiny_lora": "tiny_lora",
 }
 __all__ = sorted(_HOMES)
 

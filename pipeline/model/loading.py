@@ -5,15 +5,19 @@ from __future__ import annotations
 import os
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
 from ..config import ModelConfig
 from ..schedulers import SCHEDULERS
+from .alignment import align_cpu_weights
 from .decoder import TransparentVAEDecoder
 from .merge import load_safetensors, merge_layerdiffuse_weights
 from .safety import SafetyChecker, load_safety_checker
+from .single_file import load_single_file
 from .sources import ModelFilesMissing, ModelLoadError, Sources, ensure_tiny_model, resolve_sources
+from .vae import load_vae, vae_config_folder
 
 __all__ = ["LayerDiffuseModel", "ModelFilesMissing", "ModelLoadError", "load_model", "resolve_device"]
 
@@ -76,6 +80,8 @@ def load_model(
         decoder = load_decoder(sources.decoder_weights)
     pipe.to(device)
     pipe.vae.to(_vae_dtype(pipe.vae, dtype))
+    if device.type == "cpu":  # results must not depend on which file the weights came from (alignment.py)
+        align_cpu_weights(pipe.unet, pipe.vae, pipe.text_encoder, pipe.text_encoder_2)
     decoder.to(device=device, dtype=dtype).eval()
     pipe.set_progress_bar_config(disable=True)
     apply_speed_options(pipe, decoder, config)
@@ -113,12 +119,10 @@ def _load_sdxl(config: ModelConfig, sources: Sources, dtype: torch.dtype):
     import diffusers
 
     extra = {}
-    if sources.vae:
-        extra["vae"] = diffusers.AutoencoderKL.from_pretrained(sources.vae, dtype=dtype)
-    if sources.base.endswith(".safetensors"):
-        if config.base_config:
-            extra["config"] = config.base_config
-        pipe = diffusers.StableDiffusionXLPipeline.from_single_file(sources.base, dtype=dtype, **extra)
+    if sources.vae:  # folder, hub id or single file (vae.py)
+        extra["vae"] = load_vae(sources.vae, dtype, vae_config_folder(sources.base, config.base_config))
+    if Path(sources.base).is_file():  # single-file checkpoint: refused unless SDXL, loaded offline (single_file.py)
+        pipe = load_single_file(sources.base, config.base_config, dtype, **extra)
     else:
         if config.variant:
             extra["variant"] = config.variant

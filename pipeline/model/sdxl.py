@@ -48,7 +48,7 @@ def tiny_tokenizer():
     """A byte-level CLIP tokenizer with no merges: every character is a token."""
     from transformers import CLIPTokenizer
 
-    chars = _byte_chars()
+    chars = clip_byte_symbols()
     vocab = {c: i for i, c in enumerate(chars)}
     vocab.update({c + "</w>": len(chars) + i for i, c in enumerate(chars)})
     vocab["<|startoftext|>"] = len(vocab)
@@ -56,7 +56,7 @@ def tiny_tokenizer():
     return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=77)
 
 
-def _byte_chars() -> list[str]:
+def clip_byte_symbols() -> list[str]:
     # GPT-2/CLIP's reversible byte -> printable-character table.
     printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
     others = [b for b in range(256) if b not in printable]

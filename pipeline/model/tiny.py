@@ -2,6 +2,7 @@
 
 Layout (mirrors what users download):
     <root>/sdxl/                               diffusers SDXL folder with its own small tokenizers
+    <root>/sdxl-tiny.safetensors               the same weights as one single-file checkpoint (SGM/LDM names)
     <root>/layerdiffusion-v1/layer_xl_transparent_attn.safetensors   Forge attention LoRA (SGM keys)
     <root>/layerdiffusion-v1/layer_xl_transparent_conv.safetensors   Forge conv offsets (SGM keys)
     <root>/layerdiffusion-v1/vae_transparent_decoder.safetensors     decoder, official key names, fp16
@@ -24,15 +25,19 @@ from .decoder import TransparentVAEDecoder
 from .keys import sgm_key_map
 from .safety import build_tiny_safety_checker
 from .sdxl import random_sdxl_pipeline
+from .sgm_checkpoint import single_file_state_dict
 
 ATTN_FILE = "layer_xl_transparent_attn.safetensors"
 CONV_FILE = "layer_xl_transparent_conv.safetensors"
 DECODER_FILE = "vae_transparent_decoder.safetensors"
 TEXT_WIDTH = 32
+# The second text encoder is wider, as in SDXL (768 / 1280): single-file loading tells the two apart by width.
+TEXT_WIDTH_2 = 48
 DECODER_CHANNELS = (8, 8, 16, 24, 32, 48, 48)  # widens where the official one does: same 538 keys
 LORA_RANK = 4
 MARKER = "tiny_model.json"
-VERSION = 2  # bumped when the layout changes: older tiny models are rebuilt
+SINGLE_FILE = "sdxl-tiny.safetensors"
+VERSION = 3  # bumped when the layout changes: older tiny models are rebuilt
 
 
 def build_tiny_model(root: str | os.PathLike, seed: int = 0) -> Path:
@@ -74,6 +79,7 @@ def _write_tiny_model(root: Path, seed: int) -> None:
     torch.manual_seed(seed)
     pipe = _tiny_sdxl_pipeline()
     pipe.save_pretrained(root / "sdxl", safe_serialization=True)
+    write_single_file(root, pipe)
     weights = root / "layerdiffusion-v1"
     weights.mkdir(parents=True, exist_ok=True)
     generator = torch.Generator().manual_seed(seed + 1)
@@ -85,21 +91,35 @@ def _write_tiny_model(root: Path, seed: int) -> None:
     (root / MARKER).write_text(json.dumps(marker) + "\n")
 
 
+def write_single_file(root: str | os.PathLike, pipe=None) -> Path:
+    """`<root>/sdxl-tiny.safetensors`: the tiny SDXL (`pipe`, else `<root>/sdxl`) as one checkpoint in the
+    AUTOMATIC1111 / ComfyUI layout. float32, unlike the fp16 releases, so it loads bit-identical weights."""
+    if pipe is None:
+        from diffusers import StableDiffusionXLPipeline
+
+        pipe = StableDiffusionXLPipeline.from_pretrained(Path(root) / "sdxl", add_watermarker=False)
+    path = Path(root) / SINGLE_FILE
+    metadata = {"modelspec.architecture": "stable-diffusion-xl-v1-base", "modelspec.title": "tiny random SDXL"}
+    save_file(single_file_state_dict(pipe), path, metadata=metadata)
+    return path
+
+
 def _tiny_sdxl_pipeline():
     text = dict(hidden_size=TEXT_WIDTH, intermediate_size=64, num_attention_heads=4, num_hidden_layers=3,
                 vocab_size=514, projection_dim=TEXT_WIDTH)  # fmt: skip
+    text_2 = {**text, "hidden_size": TEXT_WIDTH_2, "projection_dim": TEXT_WIDTH_2}
     unet = dict(
         block_out_channels=(16, 32, 64),
         transformer_layers_per_block=(1, 1, 2),
         attention_head_dim=(2, 4, 8),
         norm_num_groups=8,
-        cross_attention_dim=2 * TEXT_WIDTH,
+        cross_attention_dim=TEXT_WIDTH + TEXT_WIDTH_2,  # both encoders' hidden states, concatenated
         addition_time_embed_dim=8,
-        projection_class_embeddings_input_dim=6 * 8 + TEXT_WIDTH,
+        projection_class_embeddings_input_dim=6 * 8 + TEXT_WIDTH_2,  # six time ids + the pooled embedding
         sample_size=32,
     )
     vae = dict(block_out_channels=(16, 16, 32, 32), layers_per_block=1, norm_num_groups=8, sample_size=256)
-    return random_sdxl_pipeline(unet, vae, text, text)
+    return random_sdxl_pipeline(unet, vae, text, text_2)
 
 
 def _attn_lora(unet, generator) -> dict[str, torch.Tensor]:

@@ -167,8 +167,9 @@ def run_size(work: Path, rows: int, config: Path, png: bytes) -> dict:
     common = ("--config", config, "--log-format", "json")
     result["generate_done"] = measure(cli("generate", table_path, "--out", out, *common))
     result["decide_cpu_1"] = decide_cpu(out, 1)
-    shards = [subprocess.Popen(cli("generate", table_path, "--out", out, *common, "--shard", f"{i}/4"), cwd=REPO,
-                               stderr=subprocess.DEVNULL, env={**os.environ, "HF_HUB_OFFLINE": "1"}) for i in range(4)]  # fmt: skip
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    commands = [cli("generate", table_path, "--out", out, *common, "--shard", f"{i}/4") for i in range(4)]
+    shards = [subprocess.Popen(c, cwd=REPO, stderr=subprocess.DEVNULL, env=env) for c in commands]
     for shard in shards:
         shard.wait()
     result["decide_cpu_4"] = decide_cpu(out, 4)

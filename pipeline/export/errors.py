@@ -1,0 +1,14 @@
+"""The one error type of `export`: a message for the user and the exit code that goes with it."""
+
+from __future__ import annotations
+
+EXIT_USAGE = 2  # the source is not a finished output folder, a flag is wrong, DEST is not empty
+EXIT_OUTPUT = 6  # DEST cannot be written (missing bucket, denied, disk full, ...)
+
+
+class ExportError(Exception):
+    """Nothing was exported (complete): the message names the file, row or URL and how to fix it."""
+
+    def __init__(self, message: str, exit_code: int = EXIT_USAGE):
+        super().__init__(message)
+        self.exit_code = exit_code
