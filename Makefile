@@ -58,9 +58,12 @@ format: install
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-# Benchmarks: CPU ratios on the tiny model (writes tests/bench/RESULTS.md); GPU runs only where CUDA is.
+# Benchmarks: CPU ratios on the tiny model, PNG encoders, device-shaped throughput with a stand-in device
+# (each writes its section of tests/bench/RESULTS.md); GPU runs only where CUDA is.
 bench: install browser
 	$(BIN)/python -m tests.bench.cpu
+	$(BIN)/python -m tests.bench.png
+	$(BIN)/python -m tests.bench.device
 
 # Dataset scale: synthetic finished folders of 10k, 100k and 1M rows (about 15 minutes, a few GB of disk).
 bench-scale: install

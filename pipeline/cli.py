@@ -12,6 +12,7 @@ import click
 from .config import DTYPES, INJECTIONS, LOG_FORMATS, Config, ConfigError, load_config
 from .exits import ExitCode, epilog
 from .schedulers import SCHEDULER_NAMES
+from .storage import display
 
 # Which config section each `generate` flag overrides.
 FLAG_SECTIONS = {
@@ -41,6 +42,17 @@ def cli():
     Quick start (tiny embedded model, no downloads):
       layerdiffuse generate data/prompts.csv --config configs/tiny.yaml --out outputs/demo
     """
+
+
+def _location(ctx, param, value):
+    """A local path or an fsspec URL whose backend is installed (checked before anything runs)."""
+    from .storage import StorageError, locate
+
+    try:
+        locate(value)
+    except StorageError as exc:
+        raise click.BadParameter(str(exc)) from None
+    return value
 
 
 def _shard(ctx, param, value):
@@ -89,8 +101,9 @@ def _metrics_file(ctx, param, value):
 
 
 @cli.command(epilog=epilog("generate"))
-@click.argument("input_path", metavar="INPUT", type=click.Path(path_type=Path))
-@click.option("--out", "out_dir", required=True, help="Output folder: a local path or an fsspec URL (s3://...).")
+@click.argument("input_path", metavar="INPUT")
+@click.option("--out", "out_dir", required=True, callback=_location,
+              help="Output folder: a local path or an fsspec URL (s3://bucket/run, gs://..., hf://...).")  # fmt: skip
 @click.option("--config", "config_path", type=click.Path(path_type=Path), help="YAML config (see configs/).")
 @click.option("--model", help="SDXL base: hub id, diffusers folder or .safetensors file (overrides config).")
 @click.option("--base-config", help="Diffusers folder or hub id with the configs for a single-file --model.")
@@ -177,7 +190,7 @@ def _generate(watch, input_path, out_dir, config_path, shard, log_format, make_r
         traceback.print_exc()
         sys.exit(ExitCode.INTERNAL)
     if summary.manifest_written:
-        out = str(out_dir).rstrip("/")
+        out = display(out_dir).rstrip("/")
         log.event("done", f"images in {out}/images, manifest in {out}/manifest.parquet")
     if make_report and summary.manifest_written:
         from .report import build_report
@@ -199,11 +212,12 @@ def _run_generate(config: Config, input_path: Path, out_dir: str, shard, log, ve
     from . import run
     from .lock import FolderLocked
     from .model.sources import ModelLoadError
-    from .storage import OutputError
+    from .storage import OutputError, StorageError
     from .table import TableError
 
     codes = {
         TableError: ExitCode.USAGE,
+        StorageError: ExitCode.USAGE,
         ModelLoadError: ExitCode.MODEL,
         FolderLocked: ExitCode.LOCKED,
         OutputError: ExitCode.OUTPUT,
@@ -224,7 +238,7 @@ def _config(config_path, log_format=None) -> Config:
 
 
 @cli.command(epilog=epilog("validate"))
-@click.argument("input_path", metavar="INPUT", type=click.Path(path_type=Path))
+@click.argument("input_path", metavar="INPUT")
 @click.option("--config", "config_path", type=click.Path(path_type=Path), help="YAML config for the defaults.")
 @click.option("--allow-empty-prompt", is_flag=True, default=None, help="Accept rows with an empty prompt.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON object.")
@@ -255,7 +269,7 @@ def validate(input_path, config_path, allow_empty_prompt, as_json):
 
 
 @cli.command(epilog=epilog("status"))
-@click.argument("out_dir", metavar="DIR")
+@click.argument("out_dir", metavar="DIR", callback=_location)
 @click.option("--json", "as_json", is_flag=True, help="Print the counts as one JSON object.")
 @click.option("--verify", is_flag=True, help="Re-hash every image: count those whose content changed as damaged.")
 def status(out_dir, as_json, verify):
@@ -291,7 +305,7 @@ def _read_folder(function, out_dir: str):
 
 
 @cli.command("merge", epilog=epilog("merge"))
-@click.argument("out_dir", metavar="DIR")
+@click.argument("out_dir", metavar="DIR", callback=_location)
 def merge_command(out_dir):
     """Assemble DIR/manifest.parquet and manifest.jsonl from the per-process parts in DIR/parts/.
 
@@ -311,7 +325,7 @@ def merge_command(out_dir):
         shown = ", ".join(missing[:10]) + (" ..." if len(missing) > 10 else "")
         click.echo(f"{len(missing)} row(s) have no outcome yet ({shown}); run generate again to finish them", err=True)
         sys.exit(ExitCode.ROWS)
-    out = out_dir.rstrip("/")
+    out = display(out_dir).rstrip("/")
     done = "wrote" if merged.rewritten else "up to date:"
     click.echo(f"{done} {out}/manifest.parquet and {out}/manifest.jsonl ({merged.rows} rows)")
 
@@ -326,7 +340,7 @@ def _background(ctx, param, value):
 
 
 @cli.command("report", epilog=epilog("report"))
-@click.argument("out_dir", metavar="DIR")
+@click.argument("out_dir", metavar="DIR", callback=_location)
 @click.option("--background", default="checker", show_default=True, callback=_background,
               help="Behind transparent pixels: checker, white, black or #rrggbb.")  # fmt: skip
 @click.option("--sheet-count", default=64, show_default=True, type=click.IntRange(min=1),

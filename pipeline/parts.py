@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import threading
 from datetime import datetime, timezone
 
@@ -22,6 +23,7 @@ from .schema import CONTEXT_FIELDS, PART_SCHEMA, SCHEMA, json_record
 from .storage import OutputError, Storage
 
 PARTS = "parts"
+_SEGMENT = re.compile(r"(\.\d{6})?\.jsonl$")  # `<part>.jsonl`, or an object store's `<part>.000001.jsonl`
 
 
 def part_stem(rank: int, world_size: int) -> str:
@@ -48,6 +50,8 @@ def record_from_part(row: dict) -> dict:
 class PartWriter:
     """One process's log; created on the first record (a run with nothing to do leaves no file).
 
+    Locally each record is appended and fsynced. Object stores cannot append: there the records of each
+    batch go up as one more object (`<part>.000001.jsonl`, ...) by `flush`, after their images.
     Safe to append from the writer threads and the main thread.
     """
 
@@ -57,11 +61,13 @@ class PartWriter:
         self._handle = None
         self._context: dict = {}
         self._lock = threading.Lock()
+        self._buffer: list[str] = []
+        self._segments = 0
 
     def set_context(self, model: dict, environment: dict, rank: int) -> None:
         """Before the first record a model produces; until then the context is empty."""
         self._context = {"model": model, "environment": environment, "rank": rank}
-        if self._handle is not None:
+        if self._handle is not None or self._segments:
             self._write_context()
 
     def _open(self) -> None:
@@ -75,6 +81,9 @@ class PartWriter:
     def append(self, record: dict) -> None:
         line = part_line(record)
         with self._lock:
+            if not self.storage.is_local:
+                self._buffer.append(line)
+                return
             try:
                 if self._handle is None:
                     self._open()
@@ -86,7 +95,20 @@ class PartWriter:
                 raise OutputError(exc.errno, f"cannot append to {shown}: {exc.strerror or exc}") from exc
         fault_point("record_appended")
 
+    def flush(self) -> None:
+        """Object stores: the records appended since the last flush, as one object written whole."""
+        with self._lock:
+            if not self._buffer:
+                return
+            if not self._segments:
+                self._write_context()  # first: a log without one is read as an earlier version's
+            self._segments += 1
+            self.storage.write(f"{PARTS}/{self.stem}.{self._segments:06d}.jsonl", "".join(self._buffer).encode())
+            self._buffer = []
+        fault_point("record_appended")
+
     def close(self) -> None:
+        self.flush()
         if self._handle is not None:
             self._handle.close()
 
@@ -157,7 +179,7 @@ def _read_part(storage: Storage, name: str, data: bytes, schema: pa.Schema, colu
     """Records of one log, with model, environment and rank from its context file."""
     wanted = [SCHEMA.field(c) for c in CONTEXT_FIELDS if columns is None or c in columns]
     try:
-        context = json.loads(storage.read_bytes(f"{PARTS}/{name.removesuffix('.jsonl')}.context.json"))
+        context = json.loads(storage.read_bytes(f"{PARTS}/{_SEGMENT.sub('', name)}.context.json"))
     except FileNotFoundError:  # a log of an earlier version: whole records, context included
         return _legacy(data, schema, wanted)
     if not wanted:

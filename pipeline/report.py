@@ -102,15 +102,15 @@ class Thumbnails:
 
     def for_records(self, records: list[dict]) -> dict[str, str]:
         """{id: thumbnail path relative to DIR} for the records with an image; stale ones are replaced."""
-        wanted = {r["id"]: self._name(r) for r in records if _has_image(r)}
+        wanted = {r["id"]: self.name(r) for r in records if _has_image(r)}
         missing = [r for r in records if r["id"] in wanted and wanted[r["id"]].rsplit("/", 1)[-1] not in
                    self._listing(wanted[r["id"]].rsplit("/", 1)[0])]  # fmt: skip
         workers = min(8, os.cpu_count() or 1)
         with ThreadPoolExecutor(max_workers=workers) as pool:  # decoding and resizing release the GIL
-            made = dict(zip([r["id"] for r in missing], pool.map(self._make, missing), strict=True))
+            made = dict(zip([r["id"] for r in missing], pool.map(self.make, missing), strict=True))
         return {key: name for key, name in wanted.items() if made.get(key, True)}
 
-    def _name(self, record: dict) -> str:
+    def name(self, record: dict) -> str:
         folder, _, file = record["image"]["url"].removeprefix("images/").rpartition("/")
         stem = file.removesuffix(".png")
         name = f"{stem}.{(record.get('sha256') or 'unknown')[:16]}.{self.size}.png"
@@ -121,9 +121,9 @@ class Thumbnails:
             self._listings[folder] = set(self.storage.sizes(folder))
         return self._listings[folder]
 
-    def _make(self, record: dict) -> bool:
+    def make(self, record: dict) -> bool:
         """Write the thumbnail and remove the stale ones of the same image; False if the image is unreadable."""
-        name = self._name(record)
+        name = self.name(record)
         folder, _, file = name.rpartition("/")
         try:
             with Image.open(io.BytesIO(self.storage.read_bytes(record["image"]["url"]))) as image:

@@ -28,7 +28,7 @@ from .pending import decide
 from .records import NO_LORAS, PARAM_COLUMNS, Batch, Row
 from .schedulers import SCHEDULERS
 from .sharding import Process, candidates, current_process, my_share
-from .storage import Storage, remove_stale_temporaries
+from .storage import Storage, display, remove_stale_temporaries
 from .table import Table, TableError, load_table
 from .writer import IMAGES, PngSettings, a1111_model_fields, image_url, write_image
 
@@ -262,7 +262,7 @@ def _render(job: Job, part: PartWriter, stop: threading.Event) -> None:
             job.spend("generate", time.perf_counter() - started)
             fault_point("batch_generated")
             share = round((time.perf_counter() - started) / len(batch.rows), 4)
-            _finish(writes)  # PNG encoding overlaps the next batch; at most one batch in flight
+            _finish(writes, part)  # PNG encoding overlaps the next batch; at most one batch in flight
             writes = []
             for row, outcome in zip(batch.rows, outcomes, strict=True):
                 if isinstance(outcome, Skipped):
@@ -276,12 +276,13 @@ def _render(job: Job, part: PartWriter, stop: threading.Event) -> None:
                 job.summary.ok += 1
                 job.summary.flagged += isinstance(outcome, Flagged)
             log.event("batch_done", batch=batch.index, rows=len(batch.rows), seconds=round(share * len(batch.rows), 3))
-        _finish(writes)
+        _finish(writes, part)
 
 
-def _finish(writes: list[Future]) -> None:
+def _finish(writes: list[Future], part: PartWriter) -> None:
     for future in writes:
         future.result()
+    part.flush()
     if writes:
         fault_point("batch_recorded")
 
@@ -367,9 +368,15 @@ def _write_statistics(job: Job, table: Table, input_path: Path, stem: str) -> No
              "seconds": {"total": round(s.seconds, 3), **{k: round(v, 3) for k, v in job.seconds.items()}}}  # fmt: skip
     job.storage.write(f"{STATS}/{stem}.json", (json.dumps(stats, indent=1) + "\n").encode())
     if job.process.is_main:
-        info = {"input": str(Path(input_path).resolve()), "total_rows": table.total, "finished_at": utc_now(),
+        info = {"input": _shown_input(input_path), "total_rows": table.total, "finished_at": utc_now(),
                 "config": as_dict(job.config), "stats": stats}  # fmt: skip
         write_run_info(job.storage, info)
+
+
+def _shown_input(location) -> str:
+    """The table's absolute path, or its URL without credentials."""
+    text = str(location)
+    return display(text) if "://" in text else str(Path(text).resolve())
 
 
 @contextmanager

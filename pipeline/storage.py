@@ -18,7 +18,49 @@ from .faults import fault_point
 
 
 class OutputError(OSError):
-    """The output folder cannot take a file (disk full, quota, read-only, ...)."""
+    """The output folder cannot take a file (disk full, quota, read-only, missing bucket, access denied...)."""
+
+
+class StorageError(ValueError):
+    """A location that names no usable storage: unknown scheme, or its fsspec backend not installed."""
+
+
+BACKENDS = {"s3": "s3fs", "s3a": "s3fs", "gs": "gcsfs", "gcs": "gcsfs", "az": "adlfs", "abfs": "adlfs"}
+
+
+def locate(location: str):
+    """(fsspec filesystem, path) of a local path or URL; credentials come from each backend's usual
+    environment and configuration (AWS_*, GOOGLE_APPLICATION_CREDENTIALS, HF_TOKEN, ...)."""
+    import fsspec
+
+    try:
+        return fsspec.core.url_to_fs(location)
+    except ImportError:
+        scheme = location.split("://", 1)[0]
+        package = BACKENDS.get(scheme, f"the fsspec backend for {scheme}://")
+        raise StorageError(f"{display(location)}: {scheme}:// needs {package}; install it (pip install {package})"
+                           ) from None  # fmt: skip
+    except ValueError as exc:
+        raise StorageError(f"{display(location)}: not a storage location fsspec knows ({exc})") from None
+
+
+def scrub(text: str, location: str) -> str:
+    """`text` (an error message) without the credentials that `location` may carry."""
+    if "://" in location and "@" in location.split("://", 1)[1].split("/", 1)[0]:
+        userinfo = location.split("://", 1)[1].split("@", 1)[0]
+        for secret in {userinfo, *userinfo.split(":")}:
+            if secret:
+                text = text.replace(secret, "***")
+    return text
+
+
+def display(location: str) -> str:
+    """A location as messages and records show it: no user:password@ and no query (tokens live there)."""
+    if "://" not in location:
+        return location
+    scheme, rest = location.split("://", 1)
+    host, slash, path = rest.partition("/")
+    return f"{scheme}://{host.rsplit('@', 1)[-1]}{slash}{path.split('?', 1)[0]}"
 
 
 def _file_mode() -> int:
@@ -35,15 +77,14 @@ class Storage:
     """An output folder: paths inside it are relative, with `/` separators, on every filesystem."""
 
     def __init__(self, location: str | os.PathLike):
-        import fsspec
         from fsspec.implementations.local import LocalFileSystem
 
         self.location = str(location)
-        self.fs, self.root = fsspec.core.url_to_fs(self.location)
+        self.fs, self.root = locate(self.location)
         self.is_local = isinstance(self.fs, LocalFileSystem)
 
     def __str__(self) -> str:
-        return self.location
+        return display(self.location)
 
     def path(self, relative: str = "") -> str:
         return f"{self.root.rstrip('/')}/{relative}" if relative else self.root
@@ -54,10 +95,10 @@ class Storage:
         return Path(self.path(relative))
 
     def shown(self, relative: str) -> str:
-        """How messages name a file: the local path, or the URL."""
+        """How messages name a file: the local path, or the URL (without credentials)."""
         if self.is_local:
             return self.path(relative)
-        return f"{self.location.rstrip('/')}/{relative}"
+        return f"{display(self.location).rstrip('/')}/{relative}".rstrip("/")
 
     def exists(self, relative: str) -> bool:
         return self.fs.exists(self.path(relative))
@@ -79,6 +120,12 @@ class Storage:
             fault_point(moment)
         try:
             self.fs.pipe_file(self.path(relative), data)
+        except FileNotFoundError as exc:
+            message = f"cannot write {self.shown(relative)}: {exc} (does the bucket exist?)"
+            raise OutputError(exc.errno, message) from exc
+        except PermissionError as exc:
+            message = f"cannot write {self.shown(relative)}: access denied; check the storage's credentials"
+            raise OutputError(exc.errno, message) from exc
         except OSError as exc:
             raise OutputError(exc.errno, f"cannot write {self.shown(relative)}: {exc}") from exc
 
@@ -108,6 +155,7 @@ class Storage:
                     return {e.name: e.stat().st_size for e in entries if e.is_file()}
             except (FileNotFoundError, NotADirectoryError):
                 return {}
+        self.fs.invalidate_cache(self.path(folder))  # another process may have written since
         try:
             listing = self.fs.ls(self.path(folder), detail=True)
         except FileNotFoundError:

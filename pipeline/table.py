@@ -6,16 +6,18 @@ made only for the rows a process generates.
 
 from __future__ import annotations
 
+import io
 import json
 import re
 from dataclasses import dataclass, replace
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from .cells import missing, parse_column, show
 from .config import Defaults
 from .determinism import derive_seed
 from .records import BATCH_FIELDS, PARAM_COLUMNS, InvalidRow, Row
 from .schema import RESERVED_COLUMNS
+from .storage import StorageError, display, locate, scrub
 
 ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 LORAS = "loras"  # the optional per-row LoRA column (`path:weight; path:weight`)
@@ -57,7 +59,7 @@ class RowColumns:
 
 @dataclass(frozen=True)
 class Table:
-    path: Path
+    path: str  # as the user gave it (a URL without credentials)
     columns: tuple[str, ...]
     valid: RowColumns
     invalid: tuple[InvalidRow, ...]
@@ -88,9 +90,10 @@ class Table:
 
 
 def load_table(path: str | Path, defaults: Defaults, limit: int | None = None) -> Table:
-    """Read and validate a table; only the first `limit` data rows are kept when given."""
-    path = Path(path)
-    names, columns = read_columns(path)
+    """Read and validate a table (a local path or an fsspec URL); only the first `limit` data rows are kept
+    when given."""
+    names, columns = read_columns(str(path))
+    path = display(str(path))
     if "prompt" not in names:
         raise TableError(f"{path}: no 'prompt' column (columns found: {', '.join(names) or 'none'}); "
                          "add a 'prompt' column with one text prompt per row")  # fmt: skip
@@ -105,47 +108,59 @@ def load_table(path: str | Path, defaults: Defaults, limit: int | None = None) -
     return Table(path, tuple(names), valid, tuple(invalid))
 
 
-def read_columns(path: Path) -> tuple[list[str], dict[str, list]]:
+def read_columns(source: str) -> tuple[list[str], dict[str, list]]:
     """Column names and each column's cells, with the file's own types (CSV cells are all text)."""
-    kind = SUFFIXES.get(path.suffix.lower())
-    if kind is None:
-        raise TableError(f"{path}: unknown table type {path.suffix!r}; use .csv, .parquet or .jsonl")
-    if path.is_dir():
-        raise TableError(f"{path}: is a folder; give a .csv, .parquet or .jsonl file")
-    if not path.is_file():
-        raise TableError(f"{path}: no such file")
-    if path.stat().st_size == 0:
-        raise TableError(f"{path}: the file is empty; it needs a header with a 'prompt' column and rows")
+    location = display(source)  # messages never show credentials
     try:
-        return {"csv": _read_csv, "parquet": _read_parquet, "jsonl": _read_jsonl}[kind](path)
+        fs, path = locate(source)
+        info = fs.info(path)
+    except StorageError as exc:
+        raise TableError(str(exc)) from None
+    except FileNotFoundError:
+        raise TableError(f"{location}: no such file") from None
+    except PermissionError:
+        raise TableError(f"{location}: access denied; check the credentials of its storage") from None
+    except Exception as exc:  # the storage refused the location itself (a bad bucket name, ...)
+        raise TableError(f"{location}: cannot open: {type(exc).__name__}: {scrub(str(exc), source)}") from None
+    kind = SUFFIXES.get(PurePosixPath(path).suffix.lower())
+    if kind is None:
+        suffix = PurePosixPath(path).suffix
+        raise TableError(f"{location}: unknown table type {suffix!r}; use .csv, .parquet or .jsonl")
+    if info["type"] == "directory":
+        raise TableError(f"{location}: is a folder; give a .csv, .parquet or .jsonl file")
+    if not info.get("size"):
+        raise TableError(f"{location}: the file is empty; it needs a header with a 'prompt' column and rows")
+    try:
+        with fs.open(path, "rb") as handle:
+            return {"csv": _read_csv, "parquet": _read_parquet, "jsonl": _read_jsonl}[kind](handle, location)
     except TableError:
         raise
     except UnicodeDecodeError as exc:
-        raise TableError(f"{path}: not valid UTF-8 at byte {exc.start}; re-save the file as UTF-8") from exc
+        raise TableError(f"{location}: not valid UTF-8 at byte {exc.start}; re-save the file as UTF-8") from exc
     except Exception as exc:  # pyarrow/pandas parse errors: a damaged or mislabelled file
-        raise TableError(f"{path}: cannot read as {kind}: {type(exc).__name__}: {exc}") from exc
+        raise TableError(f"{location}: cannot read as {kind}: {type(exc).__name__}: {exc}") from exc
 
 
-def _read_csv(path: Path):
+def _read_csv(handle, _location: str):
     import pandas as pd
 
     # All cells as text (typed and range-checked per cell below); the BOM is dropped; quoted
     # newlines and commas stay inside their cell.
-    frame = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig", engine="c")
+    frame = pd.read_csv(handle, dtype=str, keep_default_na=False, encoding="utf-8-sig", engine="c")
     names = [str(c) for c in frame.columns]
     return names, {name: frame[column].tolist() for name, column in zip(names, frame.columns, strict=True)}
 
 
-def _read_parquet(path: Path):
+def _read_parquet(handle, _location: str):
     import pyarrow.parquet as pq
 
-    table = pq.read_table(path)
+    table = pq.read_table(handle)
     return list(table.column_names), {name: table.column(name).to_pylist() for name in table.column_names}
 
 
-def _read_jsonl(path: Path):
+def _read_jsonl(handle, path: str):
     records, columns = [], {}
-    with path.open(encoding="utf-8-sig") as lines:
+    with io.TextIOWrapper(handle, encoding="utf-8-sig") as lines:
         for number, line in enumerate(lines, 1):
             if not line.strip():
                 continue
@@ -160,7 +175,7 @@ def _read_jsonl(path: Path):
     return list(columns), {c: [r.get(c) for r in records] for c in columns}
 
 
-def validate_columns(path: Path, names: list[str], columns: dict[str, list], defaults: Defaults):
+def validate_columns(path: str, names: list[str], columns: dict[str, list], defaults: Defaults):
     """(the valid rows as columns, the invalid rows); every problem names the file, row and column."""
     count = len(columns["prompt"])
     keys, errors = _keys(columns.get("id") or [None] * count)

@@ -9,10 +9,12 @@ import sys
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import yaml
 from click.testing import CliRunner
 from PIL import Image
 
 from pipeline.cli import cli
+from pipeline.config import as_dict
 from tests.conftest import REPO
 
 VOLATILE = {"generation_seconds", "write_seconds", "finished_at", "environment", "rank", "model"}
@@ -289,3 +291,16 @@ def test_temporary_files_of_a_killed_run_are_removed(tmp_path, tiny_config_file)
     assert run("generate", tmp_path / "t.csv", "--out", tmp_path / "out", config=tiny_config_file).exit_code == 0
     assert sorted(p.name for p in images.iterdir()) == sorted([live.name, far.name, "00000"])
     assert [p.name for p in (images / "00000").iterdir()] == ["row-000001.png"]
+
+
+def test_a_rerun_with_nothing_to_do_imports_no_torch(own_run, tiny_config, tmp_path):
+    """The decision needs only the table, the folder's records and the weights' hashes: no model library."""
+    folder, _ = own_run
+    config = tmp_path / "c.yaml"  # the tiny model where it is, without `build_tiny_if_missing` (which needs torch)
+    config.write_text(yaml.safe_dump(as_dict(tiny_config)))
+    libraries = "('torch', 'diffusers', 'transformers')"
+    probe = ("import sys\nfrom pipeline.cli import cli\ntry:\n    cli(sys.argv[1:])\nexcept SystemExit as exit:\n"
+             f"    print(exit.code, sorted(m for m in {libraries} if m in sys.modules))")  # fmt: skip
+    args = ["generate", str(folder / "t.csv"), "--out", str(folder / "out"), "--config", str(config)]
+    result = subprocess.run([sys.executable, "-c", probe, *args], capture_output=True, text=True, cwd=REPO)
+    assert result.stdout.split(None, 1) == ["0", "[]\n"], result.stderr

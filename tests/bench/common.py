@@ -61,3 +61,16 @@ def write_section(title: str, text: str) -> None:
     end = current.find("\n## ", start + 1)
     rest = current[end:] if end >= 0 else "\n"
     path.write_text(current[:start] + "\n" + text.strip() + "\n" + rest)
+
+
+def versions(*packages: str) -> str:
+    """`name version` for each installed distribution (`name: not installed` for the others)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = []
+    for package in packages:
+        try:
+            out.append(f"{package} {version(package)}")
+        except PackageNotFoundError:
+            out.append(f"{package}: not installed")
+    return " · ".join(out)

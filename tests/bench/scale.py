@@ -29,6 +29,13 @@ SIZES = (10_000, 100_000, 1_000_000)
 SHARDS = 8
 
 
+def tiny_png() -> bytes:
+    """A 16x16 RGBA PNG: exports copy every image, so at a million rows the images must be small on disk."""
+    buffer = io.BytesIO()
+    Image.fromarray(np.full((16, 16, 4), 200, np.uint8), "RGBA").save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
 def sprite_png() -> bytes:
     """A 1024x1024 sprite-like RGBA PNG (soft disc with a gradient), about what LayerDiffuse produces."""
     y, x = np.mgrid[0:1024, 0:1024] / 1024.0
@@ -123,6 +130,27 @@ def fabricate(folder: Path, table_path: Path, config_path: Path, png: bytes, don
                     log.write(part_line(record))
 
 
+def link_thumbnails(out: Path, png: bytes) -> None:
+    """What a first report build leaves: one thumbnail per image (hard links of one real thumbnail)."""
+    import pyarrow.parquet as pq
+
+    from pipeline.report import Thumbnails
+    from pipeline.storage import Storage
+
+    thumbs = Thumbnails(Storage(out), 192)
+    first = None
+    columns = ["id", "status", "image", "sha256"]
+    for batch in pq.ParquetFile(out / "manifest.parquet").iter_batches(columns=columns):
+        for record in batch.to_pylist():
+            target = out / thumbs.name(record)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if first is None:
+                thumbs.make(record)
+                first = target
+            else:
+                os.link(first, target)
+
+
 def measure(command: list[str], stop_at: str | None = None) -> dict:
     """Wall seconds and peak RSS of a whole process (and its bytes read); `stop_at`: kill it at that log event."""
     wrapped = ["/usr/bin/time", "-f", "%e %M", *command]
@@ -174,17 +202,36 @@ def run_size(work: Path, rows: int, config: Path, png: bytes) -> dict:
         shard.wait()
     result["decide_cpu_4"] = decide_cpu(out, 4)
     result["status"] = measure(cli("status", out))
-    result["report_cached"] = measure(cli("report", out)) if rows <= 100_000 else None
+    if rows <= 10_000:
+        result["report_first"] = measure(cli("report", out))
+    else:
+        link_thumbnails(out, png)
+    result["report_cached"] = measure(cli("report", out))
     half = folder / "half"
     fabricate(half, table_path, config, png, done_every=2)
     result["generate_half"] = measure(cli("generate", table_path, "--out", half, *common), stop_at="batch_done")
     shutil.rmtree(half)
-    if rows <= 10_000:
-        shutil.rmtree(out / "thumbs", ignore_errors=True)
-        result["report_first"] = measure(cli("report", out))
     result["manifest_mb"] = round((out / "manifest.parquet").stat().st_size / 1e6, 1)
+    shutil.rmtree(out)
+    result["exports"] = exports(folder, table_path, config, rows)
     shutil.rmtree(folder)
     return result
+
+
+def exports(folder: Path, table_path: Path, config: Path, rows: int) -> dict:
+    """Each export format as its own process over a finished folder of 16x16 images (the export copies them)."""
+    source = folder / "small"
+    fabricate(source, table_path, config, tiny_png())
+    assert measure(cli("merge", source))["code"] == 0
+    results = {}
+    for fmt in ("webdataset", "parquet", "imagefolder"):
+        if fmt == "imagefolder" and rows > 100_000:
+            continue  # a million small files: the layout, not the code, is what costs there
+        dest = folder / f"export-{fmt}"
+        results[fmt] = measure(cli("export", source, "--format", fmt, "--to", dest, "--shard-size", 10_000))
+        shutil.rmtree(dest)
+    shutil.rmtree(source)
+    return results
 
 
 def render(results: list[dict], png: bytes, seconds: float) -> str:
@@ -198,6 +245,8 @@ def render(results: list[dict], png: bytes, seconds: float) -> str:
                "merge of 8 shards", "report, first build", "report, cached thumbnails",
                "decision CPU s: 1 process / 4 shards"]  # fmt: skip
     per_row = [f"{r['rows']:,}: {round(r['merge']['rss_mb'] * 1e3 / r['rows'], 2)} KB/row" for r in results]
+    formats = ("webdataset", "parquet", "imagefolder")
+    export_rows = [[f"{r['rows']:,}", *(cell(r["exports"].get(f)) for f in formats)] for r in results]
     return f"""## Dataset scale (`make bench-scale`)
 
 {machine()}; {seconds:.0f} s in all. Synthetic finished folders (eight shard logs, real records, every image a
@@ -205,6 +254,10 @@ hard link of one {len(png) / 1e6:.1f} MB 1024x1024 sprite PNG, {SHARDS} part log
 cell: wall time of the whole command (Python start-up and imports included) / its peak resident memory.
 
 {table(headers, rows)}
+
+Exports of the same folders (16x16 images, which exports copy; shard size 10,000), each its own process:
+
+{table(["rows", *formats], export_rows)}
 
 Peak memory of `merge` per row: {", ".join(per_row)}. "generate, half pending" stops at the first finished
 batch (tiny model, 64x64, one step). The report's first build makes every thumbnail (measured at 10k rows; it
