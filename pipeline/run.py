@@ -231,7 +231,7 @@ def _render(job: Job, part: PartWriter, stop: threading.Event) -> None:
         for batch in job.batches:
             for row in batch.rows:
                 if row.key in job.todo:
-                    _record_failure(job, part, row, batch, Failed(batch.loras.error), Provenance())
+                    _record_failure(job, part, row, batch, Failed(batch.loras.error), None)
         return
     from .model import LoraAdapters, load_model, resolve_device
 

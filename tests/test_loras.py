@@ -196,6 +196,12 @@ def test_row_loras_that_cannot_be_used_fail_only_their_rows(loras, tiny_config_f
     assert got["styled"]["batch_index"] == got["styled-too"]["batch_index"] != got["plain"]["batch_index"]
     assert np.abs(pixels(tmp_path / "out", "styled").astype(int) - pixels(tmp_path / "out", "plain")).max() > 10
     assert got["styled"]["loras"][0]["sha256"] == sha256(loras["style"])
+    # when only rows with LoRAs that cannot be found are left to do, they fail again without loading the model
+    table.write_text(f"id,prompt,seed,loras\nplain,a pixel-art sword,1,\nmissing,a cup,1,{loras['missing']}\n")
+    result, events = generate(table, tmp_path / "out", tiny_config_file)
+    assert result.exit_code == 3 and "model_loaded" not in {e["event"] for e in events}
+    assert (summary(events)["skipped"], summary(events)["failed"]) == (1, 1)
+    assert "no such file" in records(tmp_path / "out")["missing"]["error"]
 
 
 def test_a_row_set_adds_to_the_run_set_and_overrides_the_same_file(flag_runs, loras, tiny_config_file, tmp_path):
