@@ -4,7 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # types only: the records stay free of model code
+    from .lora_refs import LoraRef
+    from .model.lora_files import ResolvedLora
 
 # Columns a table may carry that configure a row; every other column is passed through.
 PARAM_COLUMNS = (
@@ -48,7 +52,7 @@ class Row:
     height: int
     enable_safety_checker: bool
     extra: dict[str, Any] = field(default_factory=dict, compare=False)  # passthrough columns
-    loras: tuple = ()  # its own `loras` cell: `lora_refs.LoraRef`s (the run's LoRAs are added when planning)
+    loras: tuple[LoraRef, ...] = ()  # its own `loras` cell (the run's LoRAs are added when planning)
 
     def params(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in PARAM_COLUMNS}
@@ -72,10 +76,10 @@ class InvalidRow:
 
 @dataclass(frozen=True)
 class LoraSet:
-    """The LoRAs a row runs with: the run's and its own, found and hashed (`ResolvedLora`s), or why they
-    cannot be used (`error`: its rows fail with it). `key`: their identity for the request hash ("" for none)."""
+    """The LoRAs a row runs with: the run's and its own, found and hashed, or why they cannot be used
+    (`error`: its rows fail with it). `key`: their identity for the request hash ("" for none)."""
 
-    loras: tuple = ()
+    loras: tuple[ResolvedLora, ...] = ()
     error: str | None = None
     key: str = ""
 
