@@ -107,8 +107,10 @@ def _checkpoint(storage: Storage, columns: list[str] | None = None) -> tuple[pa.
     try:
         table = pq.read_table(storage.path(CHECKPOINT), filesystem=storage.fs, columns=columns)
     except (FileNotFoundError, OSError, pa.ArrowInvalid):
-        schema = CHECKPOINT_SCHEMA if columns is None else pa.schema([CHECKPOINT_SCHEMA.field(c) for c in columns])
-        return schema.empty_table(), {}
+        table = None
+    schema = CHECKPOINT_SCHEMA if columns is None else pa.schema([CHECKPOINT_SCHEMA.field(c) for c in columns])
+    if table is None or not table.schema.remove_metadata().equals(schema):  # none, or of another schema version:
+        return schema.empty_table(), {}  # the logs, never deleted, hold every record
     return table.replace_schema_metadata(None), json.loads(table.schema.metadata[_CONSUMED])
 
 
