@@ -8,15 +8,17 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from .cells import missing, parse_column, show
-from .config import Defaults
+from .config import Defaults, TemplateConfig
 from .determinism import derive_seed
 from .records import BATCH_FIELDS, PARAM_COLUMNS, InvalidRow, Row
 from .schema import RESERVED_COLUMNS
+from .variations import expand_columns
 
+TABLE_COLUMNS = ("id", "num_images")  # read by the table stage itself: neither parameters nor passed through
 ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 SUFFIXES = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet", ".jsonl": "jsonl", ".ndjson": "jsonl"}
 
@@ -33,6 +35,7 @@ class RowColumns:
     keys: list[str]
     params: dict[str, list]  # every PARAM_COLUMNS entry, resolved
     extra: dict[str, list]  # passthrough columns, as read
+    expansion: dict[str, list] = field(default_factory=dict)  # Row's image fields, once rows give several images
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -40,7 +43,8 @@ class RowColumns:
     def row(self, i: int) -> Row:
         params = {name: values[i] for name, values in self.params.items()}
         extra = {name: values[i] for name, values in self.extra.items()}
-        return Row(number=self.numbers[i], key=self.keys[i], extra=extra, **params)
+        image = {name: values[i] for name, values in self.expansion.items()}
+        return Row(number=self.numbers[i], key=self.keys[i], extra=extra, **params, **image)
 
     def signatures(self) -> list[tuple]:
         """Per row, the fields that decide which rows batch together."""
@@ -51,11 +55,13 @@ class RowColumns:
 class Table:
     path: Path
     columns: tuple[str, ...]
-    valid: RowColumns
+    valid: RowColumns  # one entry per image: a row asking for several images gives several
     invalid: tuple[InvalidRow, ...]
+    row_count: int  # data rows read from the file
 
     @property
     def total(self) -> int:
+        """Records of the manifest: one per image, one per invalid row."""
         return len(self.valid) + len(self.invalid)
 
     @property
@@ -70,7 +76,9 @@ class Table:
 
     @property
     def keys(self) -> list[str]:
-        """Row keys in input order, valid and invalid alike."""
+        """Record keys in input order (a row's images together), valid and invalid alike."""
+        if "position" in self.valid.expansion:
+            return _placed_keys(self.valid, self.invalid)
         keys = [""] * self.total
         for number, key in zip(self.valid.numbers, self.valid.keys, strict=True):
             keys[number - 1] = key
@@ -79,8 +87,23 @@ class Table:
         return keys
 
 
-def load_table(path: str | Path, defaults: Defaults, limit: int | None = None) -> Table:
-    """Read and validate a table; only the first `limit` data rows are kept when given."""
+def _placed_keys(valid: RowColumns, invalid: tuple[InvalidRow, ...]) -> list[str]:
+    keys = [""] * (len(valid) + len(invalid))
+    for position, key in zip(valid.expansion["position"], valid.keys, strict=True):
+        keys[position] = key
+    gaps = (i for i, key in enumerate(keys) if not key)  # invalid rows fill the places between, in order
+    for position, row in zip(gaps, invalid, strict=True):
+        keys[position] = row.key
+    return keys
+
+
+def load_table(path: str | Path, defaults: Defaults, limit: int | None = None,
+               templates: TemplateConfig | None = None) -> Table:  # fmt: skip
+    """Read and validate a table; only the first `limit` data rows are kept when given.
+
+    Rows that ask for several images, or whose prompt is a template, become one entry per image
+    (pipeline/variations.py); `templates` says how templates expand (default: random draws, no wildcards).
+    """
     path = Path(path)
     names, columns = read_columns(path)
     if "prompt" not in names:
@@ -93,8 +116,8 @@ def load_table(path: str | Path, defaults: Defaults, limit: int | None = None) -
         raise TableError(f"{path}: the table has a header but no rows; add at least one row")
     if limit is not None:
         columns = {name: values[:limit] for name, values in columns.items()}
-    valid, invalid = validate_columns(path, names, columns, defaults)
-    return Table(path, tuple(names), valid, tuple(invalid))
+    valid, invalid = validate_columns(path, names, columns, defaults, templates or TemplateConfig())
+    return Table(path, tuple(names), valid, tuple(invalid), len(columns["prompt"]))
 
 
 def read_columns(path: Path) -> tuple[list[str], dict[str, list]]:
@@ -152,8 +175,9 @@ def _read_jsonl(path: Path):
     return list(columns), {c: [r.get(c) for r in records] for c in columns}
 
 
-def validate_columns(path: Path, names: list[str], columns: dict[str, list], defaults: Defaults):
-    """(the valid rows as columns, the invalid rows); every problem names the file, row and column."""
+def validate_columns(path: Path, names: list[str], columns: dict[str, list], defaults: Defaults,
+                     templates: TemplateConfig | None = None):  # fmt: skip
+    """(the valid images as columns, the invalid rows); every problem names the file, row and column."""
     count = len(columns["prompt"])
     keys, errors = _keys(columns.get("id") or [None] * count)
     params = {}
@@ -164,7 +188,8 @@ def validate_columns(path: Path, names: list[str], columns: dict[str, list], def
                 errors.setdefault(position, []).append(message)
         else:
             params[name] = parse_column(name, [None], defaults)[0] * count  # the default, shared
-    extra_names = [n for n in names if n != "id" and n not in PARAM_COLUMNS]
+    counts = _image_counts(columns, defaults, count, errors)
+    extra_names = [n for n in names if n not in TABLE_COLUMNS and n not in PARAM_COLUMNS]
     invalid = [
         InvalidRow(i + 1, keys[i], tuple(f"{path}: row {i + 1}, {e}" for e in errors[i]),
                    {n: columns[n][i] for n in names})
@@ -176,7 +201,20 @@ def validate_columns(path: Path, names: list[str], columns: dict[str, list], def
     seeds = zip(params["seed"], keys, strict=True)
     params["seed"] = [derive_seed(defaults.seed, key) if seed is None else seed for seed, key in seeds]
     extra = {name: _without(columns[name], errors) for name in extra_names}
-    return RowColumns([i + 1 for i in good], keys, params, extra), invalid
+    valid = RowColumns([i + 1 for i in good], keys, params, extra)
+    counts = None if counts is None else _without(counts, errors)
+    cells = {n: columns[n] for n in names}
+    return expand_columns(path, valid, invalid, counts, cells, templates or TemplateConfig())
+
+
+def _image_counts(columns: dict[str, list], defaults: Defaults, count: int, errors: dict) -> list | None:
+    """Each row's num_images; None when every row gives one image (no column, default 1): no work at all."""
+    if "num_images" not in columns:
+        return None if defaults.num_images == 1 else [defaults.num_images] * count
+    counts, cell_errors = parse_column("num_images", columns["num_images"], defaults)
+    for position, message in cell_errors.items():
+        errors.setdefault(position, []).append(message)
+    return counts
 
 
 def _without(values, errors: dict) -> list:
