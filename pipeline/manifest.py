@@ -104,10 +104,14 @@ def latest_records(storage: Storage) -> dict[str, dict]:
 
 
 def _checkpoint(storage: Storage, columns: list[str] | None = None) -> tuple[pa.Table, dict[str, int]]:
+    """The checkpoint's records and the log offsets it consumed; none when it is missing or of an earlier
+    schema (a field it lacks): the logs, which hold every record, are then read from their start."""
+    schema = CHECKPOINT_SCHEMA if columns is None else pa.schema([CHECKPOINT_SCHEMA.field(c) for c in columns])
     try:
         table = pq.read_table(storage.path(CHECKPOINT), filesystem=storage.fs, columns=columns)
     except (FileNotFoundError, OSError, pa.ArrowInvalid):
-        schema = CHECKPOINT_SCHEMA if columns is None else pa.schema([CHECKPOINT_SCHEMA.field(c) for c in columns])
+        return schema.empty_table(), {}
+    if table.schema.names != schema.names:
         return schema.empty_table(), {}
     return table.replace_schema_metadata(None), json.loads(table.schema.metadata[_CONSUMED])
 
