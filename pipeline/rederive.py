@@ -22,7 +22,7 @@ from .manifest import RUN_INFO, folder_state, merge, read_keys, read_run_info, w
 from .parts import PartWriter, part_stem, record_from_part
 from .records import Status
 from .schema import CONTEXT_FIELDS
-from .sprite_files import outdated, read_rgba, remove_replaced, write_sprites
+from .sprite_files import outdated, prune_folders, read_rgba, remove_replaced, write_sprites
 from .sprite_settings import SpriteSettings
 from .storage import Storage
 
@@ -84,6 +84,7 @@ def rederive(storage: Storage, records: list[dict], settings: SpriteSettings, co
                 part.append({**record, "sprites": new})
                 remove_replaced(storage, record.get("sprites"), new)
                 done += 1
+    prune_folders(storage)
     return done
 
 

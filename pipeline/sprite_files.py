@@ -8,8 +8,10 @@ sprites with the settings that made them, so a change of settings is seen per re
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
+import os
 from collections.abc import Iterable
 
 from .sprite_settings import SpriteSettings
@@ -80,11 +82,10 @@ def outdated(storage: Storage, recorded: Iterable[list | None], settings: Sprite
     """Per record of a finished image: True when its sprites must be derived (again) for `settings`.
 
     They must when the record has none, was made with other settings, or a file is missing or has another
-    size (one listing per folder, no file opened). Inactive settings never ask for any.
+    size (one listing per folder, no file opened). Inactive settings ask for none: records with sprites differ.
     """
-    recorded = list(recorded)
     if not settings.active:
-        return [False] * len(recorded)
+        return [bool(entries) for entries in recorded]
     wanted, listings = settings.to_dict(), {}
     return [
         not entries or any(e["settings"] != wanted or not _present(storage, e, listings) for e in entries)
@@ -122,3 +123,12 @@ def sprite_plan(storage: Storage, state, keys: list[str], todo: list[bool], sett
     restyle = [i for i, (flag, redo) in enumerate(zip(flags, todo, strict=True)) if flag and not redo]
     old = {i: r for i, (r, redo) in enumerate(zip(recorded, todo, strict=True)) if r and redo}
     return restyle, old
+
+
+def prune_folders(storage: Storage) -> None:
+    """Remove the sprite folders left empty by `remove_replaced` (object stores have no folders to remove)."""
+    if not storage.is_local or not storage.local(SPRITES).is_dir():
+        return
+    for folder, _dirs, _files in sorted(os.walk(storage.local(SPRITES)), reverse=True):  # deepest first
+        with contextlib.suppress(OSError):  # not empty: kept
+            os.rmdir(folder)
