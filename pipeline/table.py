@@ -204,7 +204,9 @@ def validate_columns(path: Path, names: list[str], columns: dict[str, list], def
     valid = RowColumns([i + 1 for i in good], keys, params, extra)
     counts = None if counts is None else _without(counts, errors)
     cells = {n: columns[n] for n in names}
-    return expand_columns(path, valid, invalid, counts, cells, templates or TemplateConfig())
+    return expand_columns(
+        path, valid, invalid, counts, cells, templates or TemplateConfig(), defaults.allow_empty_prompt
+    )
 
 
 def _image_counts(columns: dict[str, list], defaults: Defaults, count: int, errors: dict) -> list | None:

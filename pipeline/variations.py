@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from .cells import show
+from .cells import MAX_PROMPT_CHARS, CellError, show, text
 from .expand import TemplateError, expand_random, expand_row, has_template
 from .records import InvalidRow
 
@@ -50,12 +50,12 @@ def marked_rows(values: list) -> list[int]:
 
 
 def expand_columns(path: Path, valid, invalid: list[InvalidRow], counts: list | None, cells: dict[str, list],
-                   templates) -> tuple:  # fmt: skip
+                   templates, allow_empty_prompt: bool = False) -> tuple:  # fmt: skip
     """(the images as RowColumns, the invalid rows in input order).
 
-    `valid`: the table's valid rows (RowColumns); `counts`: each valid row's num_images (None: the
-    default for all); `cells`: the raw columns, for the records of rows that turn out invalid here;
-    `templates`: a config.TemplateConfig.
+    `valid`: the table's valid rows (RowColumns); `counts`: each valid row's num_images (None: one
+    each); `cells`: the raw columns, for the records of rows that turn out invalid here; `templates`: a
+    config.TemplateConfig. Drawn prompts obey the prompt cells' rules (`allow_empty_prompt`).
     """
     special = _special_rows(valid, counts, "negative_prompt" in cells)
     if not special:
@@ -66,7 +66,7 @@ def expand_columns(path: Path, valid, invalid: list[InvalidRow], counts: list | 
     failed: list[InvalidRow] = []
     for i in special:
         try:
-            images[i] = _claim(_images(valid, i, counts, templates), valid.keys[i], owners)
+            images[i] = _claim(_images(valid, i, counts, templates, allow_empty_prompt), valid.keys[i], owners)
         except RowError as exc:
             number = valid.numbers[i]
             cells_of_row = {name: values[number - 1] for name, values in cells.items()}
@@ -90,7 +90,7 @@ def _special_rows(valid, counts: list | None, negative_column: bool) -> list[int
     return sorted(special)
 
 
-def _images(valid, i: int, counts: list | None, templates) -> list[Expanded]:
+def _images(valid, i: int, counts: list | None, templates, allow_empty: bool) -> list[Expanded]:
     key, seed = valid.keys[i], valid.params["seed"][i]
     prompt, negative = valid.params["prompt"][i], valid.params["negative_prompt"][i]
     count = 1 if counts is None else counts[i]
@@ -105,7 +105,20 @@ def _images(valid, i: int, counts: list | None, templates) -> list[Expanded]:
         negatives = [expand_random(negative, v.seed, wildcards) for v in variants]
     except TemplateError as exc:
         raise RowError(f"column 'negative_prompt': template {show(negative)}: {exc}") from None
+    for v, drawn in zip(variants, negatives, strict=True):
+        _check_drawn("prompt", prompt, v.prompt, allow_empty)
+        _check_drawn("negative_prompt", negative, drawn, True)
     return [Expanded(v.key, v.prompt, n, v.seed, v.index) for v, n in zip(variants, negatives, strict=True)]
+
+
+def _check_drawn(column: str, template: str, drawn: str, allow_empty: bool) -> None:
+    """A drawn prompt obeys the rules of a prompt cell (e.g. `{a|}` can draw nothing, a wildcard line be long)."""
+    if not has_template(template):
+        return  # used as written: checked as a cell already
+    try:
+        text(drawn, MAX_PROMPT_CHARS, allow_empty)
+    except CellError as exc:
+        raise RowError(f"column {column!r}: template {show(template)} gives {show(drawn)}, which {exc}") from None
 
 
 def _claim(images: list[Expanded], key: str, owners: dict[str, int]) -> list[Expanded]:

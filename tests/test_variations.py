@@ -25,6 +25,7 @@ def wildcards(tmp_path):
     folder = tmp_path / "wildcards"
     folder.mkdir()
     (folder / "metals.txt").write_text("# metals\niron\ngold\nobsidian\n")
+    (folder / "long.txt").write_text("x" * 20_001 + "\n")
     return folder
 
 
@@ -106,6 +107,8 @@ def test_combinations_are_named_by_their_prompt(tmp_path, wildcards):
         (f"a potion,,{2**64 - 1},2", "seed", "exceeds 2^64 - 1"),
         ("a potion,,,0", "num_images", "between 1 and 1000"),
         ("a potion,,,many", "num_images", "is not a number"),
+        ('"{ | }",,,', "prompt", "gives '', which is blank"),
+        ("a potion,__long__,,", "negative_prompt", "has 20001 characters; the limit is 20000"),
     ],
 )
 def test_expansion_errors_make_the_row_invalid_naming_file_row_and_column(tmp_path, wildcards, cells, column,
