@@ -66,11 +66,12 @@ def expand_columns(path: Path, valid, invalid: list[InvalidRow], counts: list | 
     failed: list[InvalidRow] = []
     for i in special:
         try:
-            images[i] = _claim(_images(valid, i, counts, templates, allow_empty_prompt), valid.keys[i], owners)
+            row_images = _images(valid, i, counts, templates, allow_empty_prompt)
+            images[i] = _claim(row_images, valid.keys[i], valid.numbers[i], owners)
         except RowError as exc:
             number = valid.numbers[i]
-            cells_of_row = {name: values[number - 1] for name, values in cells.items()}
-            failed.append(InvalidRow(number, valid.keys[i], (f"{path}: row {number}, {exc}",), cells_of_row))
+            raw = {name: values[number - 1] for name, values in cells.items()}
+            failed.append(InvalidRow(number, valid.keys[i], (f"{path}: row {number}, {exc}",), raw))
     invalid = sorted([*invalid, *failed], key=lambda row: row.number)
     return _columns(valid, images, {row.number for row in failed}, invalid), invalid
 
@@ -121,8 +122,8 @@ def _check_drawn(column: str, template: str, drawn: str, allow_empty: bool) -> N
         raise RowError(f"column {column!r}: template {show(template)} gives {show(drawn)}, which {exc}") from None
 
 
-def _claim(images: list[Expanded], key: str, owners: dict[str, int]) -> list[Expanded]:
-    """The images' keys, checked against every other key (ignoring case) and then taken."""
+def _claim(images: list[Expanded], key: str, number: int, owners: dict[str, int]) -> list[Expanded]:
+    """The images' keys, checked against every other key (ignoring case), then taken by row `number`."""
     new = [image.key for image in images if image.key != key]
     for image_key in new:
         folded = image_key.casefold()
@@ -131,39 +132,29 @@ def _claim(images: list[Expanded], key: str, owners: dict[str, int]) -> list[Exp
                 f"column 'id': this row's image {image_key!r} would have the key of row {owners[folded]} "
                 "(keys are compared ignoring case); change one of the two ids"
             )
-        owners[folded] = 0  # taken by an image of this row
+        owners[folded] = number
     return images
 
 
 def _columns(valid, images: dict[int, list[Expanded]], failed: set[int], invalid: list[InvalidRow]):
     """The RowColumns of every image, with where each came from and its place among the records."""
-    take, keys, prompts, negatives, seeds = [], [], [], [], []
-    index, source, template, negative_template = [], [], [], []
     p = valid.params
+    entries = []  # (row index, key, prompt, negative prompt, seed, image index, source_id, template, negative)
     for i, number in enumerate(valid.numbers):
         if number in failed:
             continue
-        expanded = i in images
-        row_images = images[i] if expanded else [Expanded(valid.keys[i], p["prompt"][i], p["negative_prompt"][i],
-                                                          p["seed"][i], 0)]  # fmt: skip
-        origin = (valid.keys[i], _template_of(p["prompt"][i]), _template_of(p["negative_prompt"][i])) if expanded \
-            else (None, None, None)  # fmt: skip
-        for image in row_images:
-            take.append(i)
-            keys.append(image.key)
-            prompts.append(image.prompt)
-            negatives.append(image.negative_prompt)
-            seeds.append(image.seed)
-            index.append(image.index)
-            source.append(origin[0])
-            template.append(origin[1])
-            negative_template.append(origin[2])
+        if i not in images:  # itself, in a table where other rows expand
+            entries.append((i, valid.keys[i], p["prompt"][i], p["negative_prompt"][i], p["seed"][i], 0, None, None,
+                            None))  # fmt: skip
+            continue
+        origin = (valid.keys[i], _template_of(p["prompt"][i]), _template_of(p["negative_prompt"][i]))
+        entries += [(i, e.key, e.prompt, e.negative_prompt, e.seed, e.index, *origin) for e in images[i]]
+    take, keys, prompts, negatives, seeds, *image = (list(c) for c in (list(zip(*entries, strict=True)) or [()] * 9))
     numbers = [valid.numbers[i] for i in take]
     params = {name: [values[i] for i in take] for name, values in p.items()}
     params.update(prompt=prompts, negative_prompt=negatives, seed=seeds)
     extra = {name: [values[i] for i in take] for name, values in valid.extra.items()}
-    expansion = dict(zip(EXPANSION_FIELDS, (index, source, template, negative_template,
-                                            _positions(numbers, invalid)), strict=True))  # fmt: skip
+    expansion = dict(zip(EXPANSION_FIELDS, [*image, _positions(numbers, invalid)], strict=True))
     return replace(valid, numbers=numbers, keys=keys, params=params, extra=extra, expansion=expansion)
 
 
