@@ -160,8 +160,8 @@ def _plan(config: Config, table: Table, storage: Storage, process: Process, log:
     else:  # alone, or a shard job that looks at its own slice only
         pending = _pending(storage, table, identity, [batches[i] for i in candidates(len(batches), process)],
                            config, verify)  # fmt: skip
-    mine = my_share(range(len(batches)), process,
-                    pending=lambda i: any(p in pending.todo or p in pending.restyle for p in batches[i]))  # fmt: skip
+    work = pending.todo | pending.restyle if pending.restyle else pending.todo  # images to make or restyle
+    mine = my_share(range(len(batches)), process, pending=lambda i: any(p in work for p in batches[i]))
     process.wait_for_peers()  # every process has read the folder before any writes to it
     reports = process.is_main or not process.launched  # counts the rows it examined
     summary = Summary(invalid=len(table.invalid), launched=process.launched,

@@ -312,3 +312,25 @@ def test_bad_sprite_flags_are_usage_errors(own, args, fragment):
     assert result.exit_code == 2 and fragment in result.output
     generate = run("generate", own / "items.csv", "--out", own / "other", *args)
     assert generate.exit_code == 2 and fragment in generate.output
+
+
+def test_a_folder_of_the_previous_manifest_version_resumes(own, tiny_config_file, monkeypatch):
+    """Version 2 had no image-of-row or sprite fields: its checkpoint is set aside, its logs are read again."""
+    import pyarrow.parquet as pq
+
+    from pipeline.schema import IMAGE_OF_ROW, VERSION
+
+    out, added = own / "out", [name for name, _ in IMAGE_OF_ROW] + ["sprites"]
+    checkpoint = pq.read_table(out / "parts" / "checkpoint.parquet")
+    pq.write_table(checkpoint.drop_columns(added), out / "parts" / "checkpoint.parquet")
+    for log in (out / "parts").glob("*.jsonl"):
+        lines = [json.loads(line) for line in log.read_text().splitlines()]
+        log.write_text("".join(json.dumps({k: v for k, v in r.items() if k not in added}) + "\n" for r in lines))
+    monkeypatch.chdir(own)
+    result = run(*commands()[0], "--batch-size", "1", "--log-format", "json", config=tiny_config_file)
+    summary = next(json.loads(x) for x in result.stderr.splitlines() if '"summary"' in x)
+    assert result.exit_code == 0 and (summary["ok"], summary["skipped"]) == (0, 6)
+    assert pq.read_schema(out / "manifest.parquet").metadata[b"layerdiffuse.manifest_version"] == VERSION.encode()
+    records = manifest(out)
+    assert list(records) == ["potion", "potion.1", "potion.2", "sword", "shield", "shield.1"]
+    assert all(r["source_id"] is None and r["sprites"][0]["label"] == "256" for r in records.values())
