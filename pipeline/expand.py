@@ -156,6 +156,12 @@ def variant_key(key: str, index: int) -> str:
     return key if index == 0 else _joined(key, str(index))
 
 
+def variant_keys(key: str, count: int) -> list[str]:
+    """`variant_key(key, i)` for i in 0 .. count - 1, the key checked once (tables ask for millions)."""
+    _check_key(key)
+    return [key, *(_joined(key, str(i)) for i in range(1, count))]
+
+
 def combination_key(key: str, prompt: str) -> str:
     """Key of one combination of a row's template: `<key>.<10 hex digits of sha256(prompt)>`."""
     _check_key(key)

@@ -13,11 +13,10 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from .cells import MAX_PROMPT_CHARS, CellError, show, text
-from .expand import TemplateError, expand_random, expand_row, has_template
+from .expand import MAX_SEED, TemplateError, expand_random, expand_row, has_template, variant_keys
 from .records import InvalidRow
 
 _MARKER = re.compile(r"[{}]|__")  # every template has one of these (expand.has_template decides)
-EXPANSION_FIELDS = ("image_index", "source_id", "template", "negative_template", "position")
 
 
 class RowError(ValueError):
@@ -57,33 +56,68 @@ def expand_columns(path: Path, valid, invalid: list[InvalidRow], counts: list | 
     each); `cells`: the raw columns, for the records of rows that turn out invalid here; `templates`: a
     config.TemplateConfig. Drawn prompts obey the prompt cells' rules (`allow_empty_prompt`).
     """
-    special = _special_rows(valid, counts, "negative_prompt" in cells)
+    marked = _marked(valid, "negative_prompt" in cells)
+    special = _special_rows(marked, counts)
     if not special:
         return valid, invalid
     owners = {k.casefold(): number for k, number in zip(valid.keys, valid.numbers, strict=True)}
     owners.update((row.key.casefold(), row.number) for row in invalid)
-    images: dict[int, list[Expanded]] = {}
+    plan = Plan(list(counts) if counts is not None else [1] * len(valid), {}, {}, marked)
     failed: list[InvalidRow] = []
+    templated = marked.any
     for i in special:
         try:
-            row_images = _images(valid, i, counts, templates, allow_empty_prompt)
-            images[i] = _claim(row_images, valid.keys[i], valid.numbers[i], owners)
+            _plan_row(plan, valid, i, templates, allow_empty_prompt, i in templated)
+            _claim(plan.keys[i], valid.keys[i], valid.numbers[i], owners)
         except RowError as exc:
+            plan.forget(i)
             number = valid.numbers[i]
             raw = {name: values[number - 1] for name, values in cells.items()}
             failed.append(InvalidRow(number, valid.keys[i], (f"{path}: row {number}, {exc}",), raw))
     invalid = sorted([*invalid, *failed], key=lambda row: row.number)
-    return _columns(valid, images, {row.number for row in failed}, invalid), invalid
+    return _columns(valid, plan, invalid), invalid
 
 
-def _special_rows(valid, counts: list | None, negative_column: bool) -> list[int]:
-    """Rows that give something other than exactly themselves, in order."""
-    special = set(marked_rows(valid.params["prompt"]))
+@dataclass(frozen=True)
+class Marks:
+    """Which rows' prompt and negative prompt are templates (by index in the valid rows)."""
+
+    prompts: set[int]
+    negatives: set[int]
+
+    @property
+    def any(self) -> set[int]:
+        return self.prompts | self.negatives
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What each valid row gives: how many images, their keys (rows that expand) and drawn prompts (templates)."""
+
+    sizes: list[int]  # images per row; 0 for a row that turned out invalid
+    keys: dict[int, list[str]]  # {row index: its images' keys}
+    drawn: dict[int, tuple[list[int], list[str], list[str]]]  # {row index: (image indices, prompts, negatives)}
+    marked: Marks
+
+    def forget(self, i: int) -> None:
+        """Row i turned out invalid: it gives no image."""
+        self.sizes[i] = 0
+        self.keys.pop(i, None)
+        self.drawn.pop(i, None)
+
+
+def _marked(valid, negative_column: bool) -> Marks:
     negatives = valid.params["negative_prompt"]
     if negative_column:
-        special |= set(marked_rows(negatives))
-    elif negatives and has_template(negatives[0]):  # the default, the same for every row
-        special = set(range(len(negatives)))
+        marked = set(marked_rows(negatives))
+    else:  # the default, the same for every row
+        marked = set(range(len(negatives))) if negatives and has_template(negatives[0]) else set()
+    return Marks(set(marked_rows(valid.params["prompt"])), marked)
+
+
+def _special_rows(marked: Marks, counts: list | None) -> list[int]:
+    """Rows that give something other than exactly themselves, in order."""
+    special = marked.any
     if counts is not None:
         import numpy as np
 
@@ -91,10 +125,24 @@ def _special_rows(valid, counts: list | None, negative_column: bool) -> list[int
     return sorted(special)
 
 
-def _images(valid, i: int, counts: list | None, templates, allow_empty: bool) -> list[Expanded]:
+def _plan_row(plan: Plan, valid, i: int, templates, allow_empty: bool, templated: bool) -> None:
+    key, seed, count = valid.keys[i], valid.params["seed"][i], plan.sizes[i]
+    if not templated:  # more images of the same prompts: keys `<key>.<i>`, seeds `seed + i`
+        if seed > MAX_SEED - (count - 1):
+            raise RowError(f"column 'seed': seed {seed} + image index {count - 1} exceeds 2^64 - 1; use a smaller "
+                           "seed (or lower num_images)")  # fmt: skip
+        plan.keys[i] = variant_keys(key, count)
+        return
+    images = _images(valid, i, count, templates, allow_empty)
+    plan.sizes[i] = len(images)
+    plan.keys[i] = [e.key for e in images]
+    plan.drawn[i] = ([e.index for e in images], [e.prompt for e in images], [e.negative_prompt for e in images])
+
+
+def _images(valid, i: int, count: int, templates, allow_empty: bool) -> list[Expanded]:
+    """The images of a row with a template in its prompt or negative prompt (pipeline/expand.py)."""
     key, seed = valid.keys[i], valid.params["seed"][i]
     prompt, negative = valid.params["prompt"][i], valid.params["negative_prompt"][i]
-    count = 1 if counts is None else counts[i]
     wildcards = Path(templates.wildcards).expanduser() if templates.wildcards else None
     try:
         variants = expand_row(key, prompt, seed, count, templates.combinatorial, wildcards, templates.combination_limit)
@@ -122,10 +170,11 @@ def _check_drawn(column: str, template: str, drawn: str, allow_empty: bool) -> N
         raise RowError(f"column {column!r}: template {show(template)} gives {show(drawn)}, which {exc}") from None
 
 
-def _claim(images: list[Expanded], key: str, number: int, owners: dict[str, int]) -> list[Expanded]:
+def _claim(keys: list[str], key: str, number: int, owners: dict[str, int]) -> None:
     """The images' keys, checked against every other key (ignoring case), then taken by row `number`."""
-    new = [image.key for image in images if image.key != key]
-    for image_key in new:
+    for image_key in keys:
+        if image_key == key:
+            continue  # image 0 keeps the row's key
         folded = image_key.casefold()
         if folded in owners:
             raise RowError(
@@ -133,33 +182,43 @@ def _claim(images: list[Expanded], key: str, number: int, owners: dict[str, int]
                 "(keys are compared ignoring case); change one of the two ids"
             )
         owners[folded] = number
-    return images
 
 
-def _columns(valid, images: dict[int, list[Expanded]], failed: set[int], invalid: list[InvalidRow]):
-    """The RowColumns of every image, with where each came from and its place among the records."""
-    p = valid.params
-    entries = []  # (row index, key, prompt, negative prompt, seed, image index, source_id, template, negative)
-    for i, number in enumerate(valid.numbers):
-        if number in failed:
-            continue
-        if i not in images:  # itself, in a table where other rows expand
-            entries.append((i, valid.keys[i], p["prompt"][i], p["negative_prompt"][i], p["seed"][i], 0, None, None,
-                            None))  # fmt: skip
-            continue
-        origin = (valid.keys[i], _template_of(p["prompt"][i]), _template_of(p["negative_prompt"][i]))
-        entries += [(i, e.key, e.prompt, e.negative_prompt, e.seed, e.index, *origin) for e in images[i]]
-    take, keys, prompts, negatives, seeds, *image = (list(c) for c in (list(zip(*entries, strict=True)) or [()] * 9))
+def _columns(valid, plan: Plan, invalid: list[InvalidRow]):
+    """The RowColumns of every image, column by column: row values repeated, then what differs per image."""
+    import numpy as np
+
+    sizes = np.asarray(plan.sizes, dtype=np.int64)
+    take = np.repeat(np.arange(len(sizes)), sizes).tolist()
+    index = (np.arange(len(take)) - np.repeat(np.cumsum(sizes) - sizes, sizes)).tolist()  # within the row
+    params = {name: [values[i] for i in take] for name, values in valid.params.items()}
+    keys = [valid.keys[i] for i in take]
+    start = 0
+    for i, size in enumerate(plan.sizes):  # splice in what expanded rows give
+        if i in plan.keys:
+            keys[start : start + size] = plan.keys[i]
+        if i in plan.drawn:  # templates: combinations repeat indices 0 .. num_images - 1
+            index[start : start + size], params["prompt"][start : start + size], \
+                params["negative_prompt"][start : start + size] = plan.drawn[i]  # fmt: skip
+        start += size
+    params["seed"] = [seed + n for seed, n in zip(params["seed"], index, strict=True)]  # image i: seed + i
     numbers = [valid.numbers[i] for i in take]
-    params = {name: [values[i] for i in take] for name, values in p.items()}
-    params.update(prompt=prompts, negative_prompt=negatives, seed=seeds)
     extra = {name: [values[i] for i in take] for name, values in valid.extra.items()}
-    expansion = dict(zip(EXPANSION_FIELDS, [*image, _positions(numbers, invalid)], strict=True))
-    return replace(valid, numbers=numbers, keys=keys, params=params, extra=extra, expansion=expansion)
+    return replace(valid, numbers=numbers, keys=keys, params=params, extra=extra,
+                   expansion=_origins(valid, plan, take, index, _positions(numbers, invalid)))  # fmt: skip
 
 
-def _template_of(text: str) -> str | None:
-    return text if has_template(text) else None
+def _origins(valid, plan: Plan, take: list[int], index: list[int], positions: list[int]) -> dict[str, list]:
+    """Row fields of each image: index, source row key (rows that expand), templates, place among the records."""
+    expanded, prompts, negatives = plan.keys, plan.marked.prompts, plan.marked.negatives
+    p = valid.params
+    return {
+        "image_index": index,
+        "source_id": [valid.keys[i] if i in expanded else None for i in take],
+        "template": [p["prompt"][i] if i in prompts else None for i in take],
+        "negative_template": [p["negative_prompt"][i] if i in negatives else None for i in take],
+        "position": positions,
+    }
 
 
 def _positions(numbers: list[int], invalid: list[InvalidRow]) -> list[int]:
