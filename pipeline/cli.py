@@ -453,7 +453,8 @@ def sprites_command(out_dir, config_path, remove, **flags):
 @click.option("--padding", default=2, show_default=True, type=click.IntRange(0, 1024), metavar="N",
               help="Transparent pixels between frames.")  # fmt: skip
 @click.option("--trim", is_flag=True, help="Crop each frame to its visible pixels on the sheet (the JSON says where).")
-@click.option("--name", default="sheet", show_default=True, help="Sheet file names: NAME-0.png, NAME-0.json, ...")
+@click.option("--name", default="sheet", show_default=True, metavar="NAME",
+              help="Sheet file names: NAME-0.png, NAME-0.json, ...")  # fmt: skip
 def atlas_command(out_dir, label, max_size, padding, trim, name):
     """Pack DIR's sprites into sheets with TexturePacker JSON (Hash) files, per size: DIR/atlas/<size>/.
 
