@@ -114,21 +114,31 @@ def pack_atlas(
     alpha > 0 (spriteSourceSize says where they go back). Numbered files of an earlier, larger pack
     under the same name are removed.
     """
+    files = atlas_files(sprites, name, max_size, padding, trim)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for file_name, data in files.items():
+        write_atomic(out_dir / file_name, data)
+    for stale in stale_files([p.name for p in out_dir.iterdir()], name, len(files) // 2):
+        (out_dir / stale).unlink(missing_ok=True)
+    return [out_dir / n for n in files if n.endswith(".json")]
+
+
+def atlas_files(
+    sprites: Sequence[AtlasInput], name: str = "atlas", max_size: int = 2048, padding: int = 2, trim: bool = False
+) -> dict[str, bytes]:
+    """The sheets and their JSON as {file name: bytes}, in sheet order (PNG, then JSON, per sheet)."""
     _check_args(name, max_size, padding)
     pieces = {s.name: _piece(s, trim) for s in _unique(sprites)}
     sheets = plan_sheets({n: (p[0].shape[1], p[0].shape[0]) for n, p in pieces.items()}, max_size, padding)
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     names = [f"{name}-{i}" for i in range(len(sheets))]
-    paths = []
+    files = {}
     for sheet, stem in zip(sheets, names, strict=True):
         pixels = {f.name: pieces[f.name][0] for f in sheet.frames}
-        write_atomic(out_dir / f"{stem}.png", encode_sheet(render_sheet(sheet, pixels)))
+        files[f"{stem}.png"] = encode_sheet(render_sheet(sheet, pixels))
         layout = sheet_json(sheet, pieces, f"{stem}.png", [f"{n}.json" for n in names if n != stem])
-        write_atomic(out_dir / f"{stem}.json", (json.dumps(layout, indent=2) + "\n").encode())
-        paths.append(out_dir / f"{stem}.json")
-    _remove_stale(out_dir, name, len(sheets))
-    return paths
+        files[f"{stem}.json"] = (json.dumps(layout, indent=2) + "\n").encode()
+    return files
 
 
 def _check_args(name: str, max_size: int, padding: int) -> None:
@@ -248,12 +258,10 @@ def sheet_json(sheet: Sheet, pieces: dict, image: str, related: list[str]) -> di
     return {"frames": frames, "meta": meta}
 
 
-def _remove_stale(out_dir: Path, name: str, count: int) -> None:
+def stale_files(names: Sequence[str], name: str, count: int) -> list[str]:
+    """Of the file names in a folder, the numbered sheets of `name` beyond the first `count` (an earlier pack)."""
     pattern = re.compile(rf"{re.escape(name)}-(\d+)\.(png|json)")
-    for path in out_dir.iterdir():
-        match = pattern.fullmatch(path.name)
-        if match and int(match.group(1)) >= count:
-            path.unlink(missing_ok=True)
+    return [n for n in names if (match := pattern.fullmatch(n)) and int(match.group(1)) >= count]
 
 
 def load_sprites(folder: Path, pattern: str = "*.png") -> list[AtlasInput]:

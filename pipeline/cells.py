@@ -17,6 +17,7 @@ MAX_SEED = 2**64 - 1
 MAX_SIDE = 4096
 MAX_STEPS = 1000
 MAX_GUIDANCE = 50.0
+MAX_IMAGES = 1000  # images of one row (num_images); more is almost surely a typing mistake
 TRUE_WORDS, FALSE_WORDS = {"true", "t", "yes", "y", "1"}, {"false", "f", "no", "n", "0"}
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
@@ -44,6 +45,7 @@ def column_rules(defaults) -> dict[str, tuple[Callable[[Any], Any], Any]]:
         "height": (side, d.height),
         "enable_safety_checker": (boolean, d.enable_safety_checker),
         "loras": (lora_list, ()),
+        "num_images": (lambda v: integer(v, 1, MAX_IMAGES), d.num_images),
     }
 
 
@@ -59,6 +61,7 @@ _FAST = {
     "height": lambda v: _plain_side(v),
     "enable_safety_checker": lambda v: v if type(v) is bool else _WORDS.get(v, _SLOW) if type(v) is str else _SLOW,
     "loras": lambda v: () if v is None or v == "" else _SLOW,  # most rows of a table name no LoRA of their own
+    "num_images": lambda v: _plain_int(v, 1, MAX_IMAGES),
 }
 _WORDS = {**dict.fromkeys(TRUE_WORDS, True), **dict.fromkeys(FALSE_WORDS, False)}
 _DECIMAL = re.compile(r"[0-9]{1,15}(\.[0-9]{1,15})?")

@@ -9,18 +9,22 @@ from pathlib import Path
 
 import click
 
+from .cells import MAX_IMAGES
 from .config import DTYPES, INJECTIONS, LOG_FORMATS, Config, ConfigError, load_config
 from .exits import ExitCode, epilog
 from .schedulers import SCHEDULER_NAMES
+from .sprite_settings import MAX_SIDE
 from .storage import display
 
 # Which config section each `generate` flag overrides.
 FLAG_SECTIONS = {
     "model": ("base", "base_config", "vae", "loras", "injection", "scheduler", "vae_tiling", "device", "dtype"),
     "defaults": ("seed", "width", "height", "num_inference_steps", "guidance_scale", "negative_prompt",
-                 "allow_empty_prompt"),
+                 "allow_empty_prompt", "num_images"),
     "run": ("batch_size", "limit", "max_failures", "overwrite", "strict", "safety_checker", "tta",
             "png_compress_level"),
+    "templates": ("combinatorial", "wildcards", "combination_limit"),
+    "sprites": ("trim", "alpha_threshold", "pad", "square", "pot", "sizes", "bleed", "premultiplied"),
 }  # fmt: skip
 NOTIFY_FLAGS = ("webhooks", "ping", "metrics_file", "metrics_interval")  # NotifyConfig's (docs/unattended.md)
 
@@ -100,6 +104,53 @@ def _metrics_file(ctx, param, value):
         raise click.BadParameter(str(exc)) from None
 
 
+def _sizes(ctx, param, value):
+    from .sprite_settings import parse_sizes
+
+    try:
+        return value if value is None else parse_sizes(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+def sprite_options(function):
+    """The sprite post-processing flags, the same on `generate` and `sprites` (config section `sprites:`)."""
+    options = [
+        click.option("--trim", is_flag=True, default=None, help="Sprites: crop to the pixels with alpha above the "
+                     "threshold."),
+        click.option("--alpha-threshold", type=click.IntRange(0, 254), metavar="N",
+                     help="Sprites: alpha at or below N counts as empty when trimming (default 0)."),
+        click.option("--pad", type=click.IntRange(0, MAX_SIDE), metavar="N",
+                     help="Sprites: transparent border of N output pixels on every side."),
+        click.option("--square", is_flag=True, default=None, help="Sprites: square canvas, object centred."),
+        click.option("--pot", is_flag=True, default=None, help="Sprites: power-of-two width and height."),
+        click.option("--sizes", callback=_sizes, metavar="512,256,64",
+                     help="Sprites: one per size, its longest side (padding included); default: the object's size."),
+        click.option("--bleed", is_flag=True, default=None,
+                     help="Sprites: transparent pixels take the colour of the nearest visible one (for mipmaps)."),
+        click.option("--premultiplied", is_flag=True, default=None, help="Sprites: write colour x alpha."),
+    ]  # fmt: skip
+    for option in reversed(options):
+        function = option(function)
+    return function
+
+
+def template_options(function):
+    """Images per row and prompt templates, the same on `generate` and `validate` (config `templates:`)."""
+    options = [
+        click.option("--images-per-prompt", "num_images", type=click.IntRange(1, MAX_IMAGES), metavar="N",
+                     help="Images of rows without a num_images value; image i has seed + i (default 1)."),
+        click.option("--wildcards", metavar="DIR", help="Folder of wildcard files for __name__ in prompt templates."),
+        click.option("--combinatorial", is_flag=True, default=None,
+                     help="A template row gives every combination (default: one prompt drawn from its seed)."),
+        click.option("--combination-limit", type=click.IntRange(min=1), metavar="N",
+                     help="Most prompts one template row may give in combinatorial mode (default 1000)."),
+    ]  # fmt: skip
+    for option in reversed(options):
+        function = option(function)
+    return function
+
+
 @cli.command(epilog=epilog("generate"))
 @click.argument("input_path", metavar="INPUT")
 @click.option("--out", "out_dir", required=True, callback=_location,
@@ -144,13 +195,17 @@ def _metrics_file(ctx, param, value):
               help="Prometheus textfile (node_exporter), rewritten while running and at the end.")  # fmt: skip
 @click.option("--metrics-interval", type=click.FloatRange(min=0, min_open=True), metavar="SECONDS",
               help="Seconds between rewrites of --metrics-file (default 15).")  # fmt: skip
+@template_options
+@sprite_options
 def generate(input_path, out_dir, config_path, shard, log_format, make_report, **flags):
     """Generate one RGBA PNG per row of INPUT (.csv, .parquet or .jsonl) into OUT/images/.
 
     Table columns: prompt (required); optional id, seed, negative_prompt, guidance_scale,
-    num_inference_steps, width, height, enable_safety_checker, loras (`path:weight; path:weight`);
-    other columns are copied into the manifest. Flags set defaults for rows that lack a value; a
-    row's own value wins. Rerunning skips rows that are done and redoes the rest.
+    num_inference_steps, width, height, enable_safety_checker, num_images, loras
+    (`path:weight; path:weight`); other columns are copied into the manifest. Flags set defaults for
+    rows that lack a value; a row's own value wins. Prompts may be templates ({red|blue} potion,
+    __wildcard__). Rerunning skips rows that are done and redoes the rest. Sprite flags derive trimmed,
+    padded, resized copies into OUT/sprites/.
 
     \b
     Examples:
@@ -158,6 +213,7 @@ def generate(input_path, out_dir, config_path, shard, log_format, make_report, *
       layerdiffuse generate prompts.parquet --out out/ --batch-size 4 --log-format json
       layerdiffuse generate t.csv --out out/ --model juggernautXL.safetensors --lora pixel-art.safetensors:0.8
       layerdiffuse generate t.parquet --out out/ --notify "$HOOK" --ping "$HC" --metrics-file nightly.prom
+      layerdiffuse generate items.csv --out out/ --wildcards wildcards/ --trim --pad 4 --sizes 256,64
       accelerate launch --multi_gpu --num_processes 8 -m pipeline generate prompts.parquet --out out/
     """
     from .watch import RunWatch, WatchedLog
@@ -242,8 +298,12 @@ def _config(config_path, log_format=None) -> Config:
 @click.option("--config", "config_path", type=click.Path(path_type=Path), help="YAML config for the defaults.")
 @click.option("--allow-empty-prompt", is_flag=True, default=None, help="Accept rows with an empty prompt.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON object.")
-def validate(input_path, config_path, allow_empty_prompt, as_json):
+@template_options
+def validate(input_path, config_path, allow_empty_prompt, as_json, **flags):
     """Check INPUT without loading a model: print a summary and every problem.
+
+    Template rows are expanded as `generate` would (their errors are listed); `images` counts the
+    images the valid rows give.
 
     \b
     Example:
@@ -251,17 +311,25 @@ def validate(input_path, config_path, allow_empty_prompt, as_json):
     """
     from .table import TableError, load_table
 
-    config = _config(config_path).with_overrides("defaults", allow_empty_prompt=allow_empty_prompt)
     try:
-        table = load_table(input_path, config.defaults)
+        config = _config(config_path).with_overrides("defaults", allow_empty_prompt=allow_empty_prompt,
+                                                     num_images=flags.pop("num_images"))  # fmt: skip
+        config = config.with_overrides("templates", **flags)
+    except ConfigError as exc:
+        raise ExitError(str(exc), ExitCode.USAGE) from None
+    try:
+        table = load_table(input_path, config.defaults, templates=config.templates)
     except TableError as exc:
         raise ExitError(str(exc), ExitCode.USAGE) from None
     problems = [e for row in table.invalid for e in row.errors]
+    valid = table.row_count - len(table.invalid)
     if as_json:
-        click.echo(json.dumps({"input": str(input_path), "rows": table.total, "valid": len(table.rows),
-                               "invalid": len(table.invalid), "problems": problems}))  # fmt: skip
+        click.echo(json.dumps({"input": str(input_path), "rows": table.row_count, "valid": valid,
+                               "invalid": len(table.invalid), "images": len(table.valid),
+                               "problems": problems}))  # fmt: skip
     else:
-        click.echo(f"{input_path}: {table.total} rows, {len(table.rows)} valid, {len(table.invalid)} invalid")
+        images = f", {len(table.valid)} images" if len(table.valid) != valid else ""
+        click.echo(f"{input_path}: {table.row_count} rows, {valid} valid, {len(table.invalid)} invalid{images}")
         click.echo(f"columns: {', '.join(table.columns)}")
         for problem in problems:
             click.echo(f"  - {problem}")
@@ -359,6 +427,87 @@ def report_command(out_dir, background, sheet_count):
 
     page, sheet = _read_folder(lambda d: build_report(d, background, sheet_count), out_dir)
     click.echo(f"wrote {page} and {sheet}")
+
+
+@cli.command("sprites", epilog=epilog("sprites"))
+@click.argument("out_dir", metavar="DIR")
+@click.option("--config", "config_path", type=click.Path(path_type=Path),
+              help="YAML config: its sprites: section (flags override it) and run.png_compress_level.")  # fmt: skip
+@sprite_options
+@click.option("--remove", is_flag=True, help="Delete the derived sprites and stop making them for DIR.")
+def sprites_command(out_dir, config_path, remove, **flags):
+    """Derive the sprites of every finished image in DIR again, from its raw PNG, with these settings.
+
+    The model is not loaded. Images whose sprites already match are left alone; the others get new
+    files in DIR/sprites/<size>/ (files of other sizes are deleted) and updated manifest records.
+    Later `generate` runs into DIR without sprite flags keep these settings.
+
+    \b
+    Example:
+      layerdiffuse sprites out/ --trim --alpha-threshold 8 --pad 2 --pot --sizes 128,32
+    """
+    from .lock import FolderLocked, lock_folder
+    from .rederive import refresh_sprites
+    from .sharding import Process
+    from .storage import OutputError
+
+    config = _config(config_path)
+    try:
+        settings = config.with_overrides("sprites", **flags).sprites
+    except ConfigError as exc:
+        raise ExitError(str(exc), ExitCode.USAGE) from None
+    if settings.active == remove:
+        message = "--remove takes no sprite settings" if remove else "give sprite settings, e.g. --trim --sizes 64"
+        raise ExitError(f"{message} (see --help)", ExitCode.USAGE)
+
+    def refresh(storage):
+        with lock_folder(storage, Process()):  # no generate may write the folder meanwhile
+            return refresh_sprites(storage, settings, config.run.png_compress_level)
+
+    try:
+        done = _read_folder(refresh, out_dir)
+    except FolderLocked as exc:
+        raise ExitError(str(exc), ExitCode.LOCKED) from None
+    except OutputError as exc:
+        raise ExitError(str(exc), ExitCode.OUTPUT) from None
+    what = "removed the sprites of" if remove else "derived the sprites of"
+    click.echo(f"{what} {done.derived} images ({done.current} already as asked)")
+    if not done.manifest_written:
+        click.echo("some rows have no image yet: the manifest is merged when generate finishes them", err=True)
+        sys.exit(ExitCode.ROWS)
+
+
+@cli.command("atlas", epilog=epilog("atlas"))
+@click.argument("out_dir", metavar="DIR")
+@click.option("--label", metavar="L", help="Only the sprites of this size label (default: every label).")
+@click.option("--max-size", default=2048, show_default=True, type=click.IntRange(1, 16384), metavar="N",
+              help="Largest sheet side in pixels; more sheets when the sprites need them.")  # fmt: skip
+@click.option("--padding", default=2, show_default=True, type=click.IntRange(0, 1024), metavar="N",
+              help="Transparent pixels between frames.")  # fmt: skip
+@click.option("--trim", is_flag=True, help="Crop each frame to its visible pixels on the sheet (the JSON says where).")
+@click.option("--name", default="sheet", show_default=True, metavar="NAME",
+              help="Sheet file names: NAME-0.png, NAME-0.json, ...")  # fmt: skip
+def atlas_command(out_dir, label, max_size, padding, trim, name):
+    """Pack DIR's sprites into sheets with TexturePacker JSON (Hash) files, per size: DIR/atlas/<size>/.
+
+    Frames are named by image key; Phaser, PixiJS and Godot importers read the JSON. Packing is
+    deterministic: the same sprites give byte-identical sheets.
+
+    \b
+    Example:
+      layerdiffuse atlas out/ --max-size 1024 --padding 2
+    """
+    from .atlas import AtlasError
+    from .sheets import pack_folder
+
+    try:
+        packed = _read_folder(lambda d: pack_folder(d, label, max_size, padding, trim, name), out_dir)
+    except AtlasError as exc:
+        raise ExitError(str(exc), ExitCode.USAGE) from None
+    out = out_dir.rstrip("/")
+    for sheet in packed:
+        files = ", ".join(f"{out}/{f}" for f in sheet.files if f.endswith(".json"))
+        click.echo(f"{sheet.label}: {sheet.frames} frames in {files}")
 
 
 @cli.command("build-tiny")

@@ -11,6 +11,7 @@ import yaml
 
 from .cells import CellError, column_rules
 from .schedulers import SCHEDULER_NAMES
+from .sprite_settings import SpriteSettings
 
 SDXL_BASE = "stabilityai/stable-diffusion-xl-base-1.0"
 LAYERDIFFUSE_REPO = "LayerDiffusion/layerdiffusion-v1"
@@ -65,6 +66,7 @@ class Defaults:
     enable_safety_checker: bool = True
     seed: int = 0  # base seed from which rows without a seed get theirs
     allow_empty_prompt: bool = False
+    num_images: int = 1  # images per row (seeds seed, seed + 1, ...); --images-per-prompt
 
 
 @dataclass(frozen=True)
@@ -85,17 +87,31 @@ class RunConfig:
 
 
 @dataclass(frozen=True)
+class TemplateConfig:
+    """How prompts written as templates (Dynamic Prompts syntax) become prompts; plain prompts are kept."""
+
+    combinatorial: bool = False  # one image per combination instead of a draw from the row's seed
+    wildcards: str | None = None  # folder of `__name__` wildcard files (name.txt, .json, .yaml)
+    combination_limit: int = 1000  # a row that gives more prompts is invalid
+
+
+@dataclass(frozen=True)
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     defaults: Defaults = field(default_factory=Defaults)
     run: RunConfig = field(default_factory=RunConfig)
+    templates: TemplateConfig = field(default_factory=TemplateConfig)
+    sprites: SpriteSettings = field(default_factory=SpriteSettings)  # post-processing of the raw canvases
 
     def with_overrides(self, section: str, **values) -> Config:
         """A copy with the given non-None values set in `section` (how flags override the file)."""
         values = {k: v for k, v in values.items() if v is not None}
         if not values:
             return self
-        updated = replace(getattr(self, section), **values)
+        try:
+            updated = replace(getattr(self, section), **values)
+        except ValueError as exc:  # sprite settings check themselves
+            raise ConfigError(f"command-line flags: {exc}") from None
         config = replace(self, **{section: updated})
         validate(config, source="command-line flags")
         return config
@@ -200,12 +216,19 @@ def load_config(path: str | os.PathLike | None) -> Config:
     if unknown:
         raise ConfigError(f"{path}: unknown section(s) {sorted(unknown)}; allowed: {sorted(sections)}")
     kwargs = {}
-    for name, cls in (("model", ModelConfig), ("defaults", Defaults), ("run", RunConfig)):
+    for name, cls in SECTIONS:
         kwargs[name] = _section(cls, data.get(name) or {}, f"{path}: {name}")
     config = Config(**kwargs)
     config = replace(config, model=_resolve_paths(_lora_tuple(config.model, path), path.parent))
+    folder = config.templates.wildcards
+    if isinstance(folder, str) and folder.startswith(("./", "../")):  # next to the file, as model paths are
+        config = replace(config, templates=replace(config.templates, wildcards=str((path.parent / folder).resolve())))
     validate(config, source=str(path))
     return config
+
+
+SECTIONS = (("model", ModelConfig), ("defaults", Defaults), ("run", RunConfig), ("templates", TemplateConfig),
+            ("sprites", SpriteSettings))  # fmt: skip
 
 
 def _read(path: Path) -> dict:
@@ -214,7 +237,8 @@ def _read(path: Path) -> dict:
     except (OSError, yaml.YAMLError) as exc:
         raise ConfigError(f"{path}: cannot read config: {exc}") from exc
     if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping with sections model, defaults, run, {NOTIFY}")
+        names = ", ".join(name for name, _ in SECTIONS)
+        raise ConfigError(f"{path}: expected a mapping with sections {names}, {NOTIFY}")
     return data
 
 
@@ -225,7 +249,10 @@ def _section(cls, values: dict, where: str):
     unknown = set(values) - known
     if unknown:
         raise ConfigError(f"{where}: unknown key(s) {sorted(unknown)}; allowed: {sorted(known)}")
-    return cls(**values)
+    try:
+        return cls(**values)
+    except ValueError as exc:  # sprite settings check themselves
+        raise ConfigError(f"{where}: {exc}") from None
 
 
 def _resolve_paths(model: ModelConfig, folder: Path) -> ModelConfig:
@@ -279,6 +306,7 @@ def validate(config: Config, source: str) -> None:
         (r.max_failures is None or (_is_int(r.max_failures) and r.max_failures >= 0), "run.max_failures must be >= 0"),
         (r.log_format in LOG_FORMATS, f"run.log_format must be one of {LOG_FORMATS}, got {r.log_format!r}"),
         (_is_int(d.seed) and 0 <= d.seed < 2**64, f"defaults.seed must be an integer in [0, 2^64), got {d.seed!r}"),
+        *_template_checks(config.templates),
     ]
     for ok, message in checks:
         if not ok:
@@ -298,6 +326,21 @@ def check_loras(specs, source: str) -> None:
             LoraRef.parse(spec)
         except LoraSpecError as exc:
             raise ConfigError(f"{source}: model.loras: {exc}") from None
+
+
+def _template_checks(t: TemplateConfig) -> list[tuple[bool, str]]:
+    folder = t.wildcards
+    return [
+        (isinstance(t.combinatorial, bool), f"templates.combinatorial must be true or false, got {t.combinatorial!r}"),
+        (
+            folder is None or (isinstance(folder, str) and Path(folder).expanduser().is_dir()),
+            f"templates.wildcards must be a folder of wildcard files (name.txt, ...); {folder!r} is not a folder",
+        ),
+        (
+            _is_int(t.combination_limit) and t.combination_limit >= 1,
+            f"templates.combination_limit must be an integer >= 1, got {t.combination_limit!r}",
+        ),
+    ]
 
 
 def check_defaults(d: Defaults, source: str) -> None:

@@ -52,6 +52,17 @@ MEANINGS: dict[str, dict[ExitCode, str]] = {
         ExitCode.OK: "report.html and contact_sheet.png were written",
         ExitCode.USAGE: _NOT_A_FOLDER,
     },
+    "sprites": {
+        ExitCode.OK: "every finished image has its sprites as asked, and the manifest says so",
+        ExitCode.USAGE: f"{_NOT_A_FOLDER}, or a flag or config is wrong",
+        ExitCode.ROWS: "sprites derived, but some rows have no image yet (the manifest is merged when they do)",
+        ExitCode.LOCKED: "another run holds the output folder",
+        ExitCode.OUTPUT: "the output folder cannot be written",
+    },
+    "atlas": {
+        ExitCode.OK: "the sheets and their JSON files were written",
+        ExitCode.USAGE: f"{_NOT_A_FOLDER}, it has no sprites (of that label), or a sprite is larger than --max-size",
+    },
 }
 
 

@@ -76,7 +76,7 @@ def _sample(template: str, mode: str, wildcards: Path | None, count: int, rand) 
     method = SamplingMethod.RANDOM if mode == "random" else SamplingMethod.COMBINATORIAL
     context = SamplingContext(default_sampling_method=method, wildcard_manager=_wildcards(wildcards), rand=rand)
     try:
-        return [str(p) for p in context.sample_prompts(template, count)]
+        return [str(p) for p in context.sample_prompts(_parsed(template), count)]
     except TemplateError:
         raise
     except ParseBaseException as exc:
@@ -85,6 +85,15 @@ def _sample(template: str, mode: str, wildcards: Path | None, count: int, rand) 
         raise TemplateError("the wildcards refer to each other in a loop") from None
     except (ValueError, KeyError) as exc:  # e.g. an undefined ${variable}
         raise TemplateError(f"cannot expand the template: {exc}") from None
+
+
+@functools.lru_cache(maxsize=4096)
+def _parsed(template: str):
+    """The template's parse tree: parsing takes milliseconds, a draw from a parsed template some microseconds,
+    and a table often repeats one template over many rows and images."""
+    from dynamicprompts.parser.parse import parse
+
+    return parse(template)
 
 
 def _syntax_message(template: str, loc: int) -> str:
@@ -145,6 +154,12 @@ def variant_key(key: str, index: int) -> str:
     if index < 0:
         raise ValueError(f"image index must be 0 or more, got {index}")
     return key if index == 0 else _joined(key, str(index))
+
+
+def variant_keys(key: str, count: int) -> list[str]:
+    """`variant_key(key, i)` for i in 0 .. count - 1, the key checked once (tables ask for millions)."""
+    _check_key(key)
+    return [key, *(_joined(key, str(i)) for i in range(1, count))]
 
 
 def combination_key(key: str, prompt: str) -> str:

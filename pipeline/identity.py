@@ -42,6 +42,9 @@ REDO = {  # changing one redoes the rows it touches
 ROW_LEVEL = {  # resolved into each row's own parameters, which its hash covers
     **{f"defaults.{f.name}": "the default for rows without a value" for f in fields(Defaults)},
     "run.safety_checker": "turns enable_safety_checker off in every row",
+    "templates.combinatorial": "which prompts (and image keys) a template row gives",
+    "templates.wildcards": "the words a template draws from; the drawn prompt is what the hash covers",
+    "templates.combination_limit": "which template rows are refused",
 }
 LOW_BITS = {  # may move the lowest bits of some pixels (other kernels or summation order); not redone
     "model.device": "another device computes the same images up to rounding",
@@ -59,6 +62,15 @@ NEUTRAL = {  # never change pixels
     "run.overwrite": "redo rows that are done",
     "run.strict": "refuse tables with invalid rows",
     "run.log_format": "how the log looks",
+    # Sprites are derived from the raw canvas after it is written; changing them re-derives files, no model runs.
+    "sprites.trim": "post-processing of the written canvas",
+    "sprites.alpha_threshold": "post-processing of the written canvas",
+    "sprites.pad": "post-processing of the written canvas",
+    "sprites.square": "post-processing of the written canvas",
+    "sprites.pot": "post-processing of the written canvas",
+    "sprites.sizes": "post-processing of the written canvas",
+    "sprites.bleed": "post-processing of the written canvas",
+    "sprites.premultiplied": "post-processing of the written canvas",
 }
 
 

@@ -104,6 +104,9 @@ def latest_records(storage: Storage) -> dict[str, dict]:
 
 
 def _checkpoint(storage: Storage, columns: list[str] | None = None) -> tuple[pa.Table, dict[str, int]]:
+    """The checkpoint's records and the log offsets it consumed; none when it is missing or of an earlier
+    schema (a field it lacks): the logs, which hold every record, are then read from their start."""
+    schema = CHECKPOINT_SCHEMA if columns is None else pa.schema([CHECKPOINT_SCHEMA.field(c) for c in columns])
     try:
         table = pq.read_table(storage.path(CHECKPOINT), filesystem=storage.fs, columns=columns)
     except (FileNotFoundError, OSError, pa.ArrowInvalid):

@@ -63,6 +63,7 @@ class Written:
     sha256: str
     write_seconds: float  # encoding and writing
     encode_seconds: float = 0.0
+    sprites: list[dict] | None = None  # derived sprites (schema.SPRITE), when sprite settings are active
 
 
 def manifest_record(
@@ -79,10 +80,13 @@ def manifest_record(
     record: dict[str, Any] = dict.fromkeys(MANIFEST_FIELDS)
     record.update(id=row.key, row=row.number)
     if isinstance(outcome, Invalid):
+        record.update(source_id=row.key)
         # Parameters stay null (their cells may be of any type); the raw cells are kept as text in `input`.
         record.update(status=Status.INVALID.value, error="; ".join(outcome.errors), input=_cells(row.values))
         return {**record, **_passthrough(row.values)}
     record.update(row.params(), request_hash=request_hash, finished_at=utc_now())
+    record.update(source_id=row.source_id or row.key, image_index=row.image_index, template=row.template,
+                  negative_template=row.negative_template)  # fmt: skip
     if batch is not None:
         record.update(batch_index=batch.index, batch_size=len(batch.rows), loras=lora_records(batch.loras))
     if provenance is not None:
@@ -93,7 +97,8 @@ def manifest_record(
         flagged = True if isinstance(outcome, Flagged) else (False if outcome.checked else None)
         record.update(status=Status.OK.value, has_nsfw_concepts=flagged, generation_seconds=generation_seconds)
         if written is not None:
-            record.update(image=written.image, sha256=written.sha256, write_seconds=written.write_seconds)
+            record.update(image=written.image, sha256=written.sha256, write_seconds=written.write_seconds,
+                          sprites=written.sprites)  # fmt: skip
     return {**record, **_passthrough(row.extra)}
 
 

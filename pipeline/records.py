@@ -53,6 +53,12 @@ class Row:
     enable_safety_checker: bool
     extra: dict[str, Any] = field(default_factory=dict, compare=False)  # passthrough columns
     loras: tuple[LoraRef, ...] = ()  # its own `loras` cell (the run's LoRAs are added when planning)
+    # A table row may give several images (num_images, templates); each is a Row of its own:
+    image_index: int = 0  # image i of its table row has the row's seed + i
+    source_id: str | None = None  # the table row's key; None: this row is the table row itself (same key)
+    template: str | None = None  # the prompt's template when the prompt was drawn from one
+    negative_template: str | None = None  # the same for the negative prompt
+    position: int | None = None  # place among the manifest's records; None: number - 1 (one per table row)
 
     def params(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in PARAM_COLUMNS}

@@ -9,7 +9,7 @@ import threading
 import time
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Protocol
 
@@ -28,6 +28,7 @@ from .pending import decide
 from .records import NO_LORAS, PARAM_COLUMNS, Batch, Row
 from .schedulers import SCHEDULERS
 from .sharding import Process, candidates, current_process, my_share
+from .sprite_files import remove_replaced, sprite_plan, write_sprites
 from .storage import Storage, display, remove_stale_temporaries
 from .table import Table, TableError, load_table
 from .writer import IMAGES, PngSettings, a1111_model_fields, image_url, write_image
@@ -97,6 +98,8 @@ class Job:
     identity: Identity
     sources: object  # model.sources.Sources, resolved once
     summary: Summary = field(default_factory=Summary)
+    restyle: set[str] = field(default_factory=set)  # keys of done images whose sprites are derived again
+    old_sprites: dict[str, list] = field(default_factory=dict)  # recorded sprites of images to redo
     seconds: dict[str, float] = field(default_factory=dict)  # time per stage, for the run statistics
     loras: RowLoraSets = field(default_factory=lambda: RowLoraSets(NO_LORAS))  # each row's LoRA set
 
@@ -113,7 +116,7 @@ def generate(config: Config, input_path: Path, out: str | Path, shard=None, log:
     log = log or Log(config.run.log_format)
     log.rank = process.rank
     # 1. read and validate the table; no model is loaded for a table that is refused
-    table = load_table(input_path, config.defaults, config.run.limit)
+    table = load_table(input_path, config.defaults, config.run.limit, config.templates)
     if not config.run.safety_checker:
         table = table.without_safety_checker()
     if config.run.strict and table.invalid:
@@ -124,13 +127,16 @@ def generate(config: Config, input_path: Path, out: str | Path, shard=None, log:
     with lock_folder(storage, process, shard):
         if observer:
             observer.started(process)
+        config = _folder_sprites(config, storage)
         job = _plan(config, table, storage, process, log, verify)
         if observer:
             observer.planned(job.summary)
         fault_point("planned")
         with PartWriter(storage, part_stem(process.rank, process.world_size)) as part, _stop_on_signals(log) as stop:
             _prepare_folder(job, table, part)
-            if job.batches:
+            if job.restyle:
+                _restyle(job, stop)
+            if job.batches and not job.summary.interrupted:
                 _render(job, part, stop)
         _merge(job, table)
         fault_point("merged")
@@ -158,7 +164,8 @@ def _plan(config: Config, table: Table, storage: Storage, process: Process, log:
     else:  # alone, or a shard job that looks at its own slice only
         pending = _pending(storage, table, identity, [batches[i] for i in candidates(len(batches), process)],
                            config, verify, loras)  # fmt: skip
-    mine = my_share(range(len(batches)), process, pending=lambda i: any(p in pending.todo for p in batches[i]))
+    work = pending.todo | pending.restyle if pending.restyle else pending.todo  # images to make or restyle
+    mine = my_share(range(len(batches)), process, pending=lambda i: any(p in work for p in batches[i]))
     process.wait_for_peers()  # every process has read the folder before any writes to it
     reports = process.is_main or not process.launched  # counts the rows it examined
     summary = Summary(invalid=len(table.invalid), launched=process.launched,
@@ -168,10 +175,13 @@ def _plan(config: Config, table: Table, storage: Storage, process: Process, log:
     log.event("plan", input=str(table.path), rows=table.total, invalid=len(table.invalid),
               to_do=len(pending.todo), batches=len(mine), world_size=process.world_size)  # fmt: skip
     keys = table.valid.keys
-    own = [Batch(i, tuple(table.valid.row(p) for p in batches[i]), loras.of(batches[i][0])) for i in mine]
+    rendered = [i for i in mine if any(p in pending.todo for p in batches[i])]  # the others: sprites only
+    own = [Batch(i, tuple(table.valid.row(p) for p in batches[i]), loras.of(batches[i][0])) for i in rendered]
     todo = {keys[p] for i in mine for p in batches[i] if p in pending.todo}
     places = {keys[p]: url for p, url in pending.places.items()}
-    job = Job(config, storage, process, log, own, todo, places, identity, sources, summary, loras=loras)
+    job = Job(config, storage, process, log, own, todo, places, identity, sources, summary, loras=loras,
+              restyle={keys[p] for i in mine for p in batches[i] if p in pending.restyle},
+              old_sprites={keys[p]: entries for p, entries in pending.old_sprites.items()})  # fmt: skip
     job.spend("decide", time.perf_counter() - started)
     job.spend("decide_cpu", time.process_time() - cpu)
     return job
@@ -182,6 +192,8 @@ class Pending:
     todo: set[int]  # positions of the rows to generate
     places: dict[int, str]  # {position: recorded image url} of rows to redo that have one
     examined: int  # rows looked at
+    restyle: set[int] = field(default_factory=set)  # positions of done rows whose sprites are outdated
+    old_sprites: dict[int, list] = field(default_factory=dict)  # {position: recorded sprites} of rows to redo
 
 
 def _refuse_other_checkpoints(sources) -> None:
@@ -200,18 +212,24 @@ def _pending(storage: Storage, table: Table, identity: Identity, batches: list[l
     keys = [valid.keys[p] for p in positions]
     columns = [[valid.params[c][p] for p in positions] for c in PARAM_COLUMNS]
     hashes = identity.request_hashes(columns, loras.hash_keys(positions))
-    decision = decide(storage, keys, folder_state(storage, STATE_COLUMNS), hashes, verify)
+    sprites = config.sprites.active
+    state = folder_state(storage, STATE_COLUMNS + ["sprites"] if sprites else STATE_COLUMNS)
+    decision = decide(storage, keys, state, hashes, verify)
     redo = config.run.overwrite
     todo = {p for p, done in zip(positions, decision.done, strict=True) if redo or not done}
     places = {p: url for p, url in zip(positions, decision.urls, strict=True) if url and p in todo}
-    return Pending(todo, places, len(positions))
+    if not sprites:
+        return Pending(todo, places, len(positions))
+    restyle, old = sprite_plan(storage, state, keys, [p in todo for p in positions], config.sprites)
+    return Pending(todo, places, len(positions), {positions[i] for i in restyle},
+                   {positions[i]: entries for i, entries in old.items()})  # fmt: skip
 
 
 def _prepare_folder(job: Job, table: Table, part: PartWriter) -> None:
     storage = job.storage
     if storage.is_local:
         remove_stale_temporaries(storage.local(IMAGES))
-    if job.batches:  # the old manifest would describe files this run replaces: it is rewritten at the end
+    if job.batches or job.restyle:  # the old manifest would describe files this run replaces: rewritten at the end
         for name in (MANIFEST_JSONL, MANIFEST_PARQUET):
             storage.remove(name)
     if not job.process.is_main:
@@ -224,6 +242,30 @@ def _prepare_folder(job: Job, table: Table, part: PartWriter) -> None:
         for row in table.invalid:
             if recorded.get(row.key) != row.error:
                 part.append(manifest_record(row, Invalid(row.errors)))
+
+
+def _folder_sprites(config: Config, storage: Storage) -> Config:
+    """Without sprite settings of its own, a run derives sprites as the folder's last run or `sprites DIR` did."""
+    if config.sprites.active:
+        return config
+    from .rederive import remembered_settings
+
+    return replace(config, sprites=remembered_settings(storage))
+
+
+def _restyle(job: Job, stop: threading.Event) -> None:
+    """Sprites of done images derived again from their raw PNGs (the settings changed): no model is loaded."""
+    from .rederive import records_of, rederive
+
+    started = time.perf_counter()
+    records = records_of(job.storage, sorted(job.restyle))
+    stem = part_stem(job.process.rank, job.process.world_size)
+    done = rederive(job.storage, records, job.config.sprites, job.config.run.png_compress_level, stem, stop)
+    job.spend("sprites", time.perf_counter() - started)
+    job.log.event("sprites_derived", images=done, seconds=round(time.perf_counter() - started, 2))
+    if done < len(records):
+        job.summary.interrupted = True
+        job.log.event("interrupted", "stopped while deriving sprites; rerun to continue")
 
 
 def _render(job: Job, part: PartWriter, stop: threading.Event) -> None:
@@ -344,9 +386,15 @@ def _write_row(job: Job, part, row: Row, batch: Batch, outcome, share: float, pr
     job.spend("encode", written.encode_seconds)
     job.spend("write", written.write_seconds - written.encode_seconds)
     fault_point("png_in_place")
+    if job.config.sprites.active:  # derived from the canvas just written, before its record says it is done
+        started = time.perf_counter()
+        written = replace(written, sprites=write_sprites(job.storage, written.image["url"], outcome.rgba,
+                                                         job.config.sprites, png.compress_level))  # fmt: skip
+        job.spend("sprites", time.perf_counter() - started)
     request = job.identity.request_hash(row, batch.loras.key)
     part.append(manifest_record(row, outcome, request_hash=request, batch=batch, provenance=provenance,
                                 written=written, generation_seconds=share))  # fmt: skip
+    remove_replaced(job.storage, job.old_sprites.get(row.key), written.sprites)
 
 
 def _merge(job: Job, table: Table) -> None:

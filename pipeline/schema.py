@@ -8,13 +8,16 @@ manifests of different runs can be read together (pyarrow.dataset, Polars, DuckD
 from __future__ import annotations
 
 import json
+from dataclasses import fields
 from datetime import datetime
 
 import pyarrow as pa
 
 from .records import PARAM_COLUMNS
+from .sprite_settings import SpriteSettings
 
-VERSION = "3"  # 3: per-row `loras`; checkpoint and VAE identities in `model`
+VERSION = "3"  # 3: per-row `loras`, checkpoint and VAE identities in `model`, images of expanded rows
+#    (source_id, image_index, templates) and derived sprites
 IMAGE = pa.struct(
     [("url", pa.string()), ("content_type", pa.string()), ("file_name", pa.string()), ("file_size", pa.int64()),
      ("width", pa.int32()), ("height", pa.int32())]
@@ -45,6 +48,22 @@ PARAMS = [
     ("height", pa.int32()),
     ("enable_safety_checker", pa.bool_()),
 ]
+BOX = pa.struct([(name, pa.int32()) for name in ("x", "y", "w", "h")])
+SPRITE_SETTINGS = pa.struct(
+    [("trim", pa.bool_()), ("alpha_threshold", pa.int32()), ("pad", pa.int32()), ("square", pa.bool_()),
+     ("pot", pa.bool_()), ("sizes", pa.list_(pa.int32())), ("bleed", pa.bool_()), ("premultiplied", pa.bool_())]
+)  # fmt: skip
+SPRITE = pa.struct(
+    [("label", pa.string()), ("url", pa.string()), ("width", pa.int32()), ("height", pa.int32()),
+     ("file_size", pa.int64()), ("sha256", pa.string()), ("trim_box", BOX), ("content_box", BOX),
+     ("settings", SPRITE_SETTINGS)]
+)  # fmt: skip
+IMAGE_OF_ROW = [  # which image of its table row a record is, and what its prompts were drawn from
+    ("source_id", pa.string()),
+    ("image_index", pa.int32()),
+    ("template", pa.string()),
+    ("negative_template", pa.string()),
+]
 SCHEMA = pa.schema(
     [("id", pa.string()), ("row", pa.int64()), ("status", pa.string()), ("error", pa.string())]
     + PARAMS
@@ -52,7 +71,9 @@ SCHEMA = pa.schema(
     + [("has_nsfw_concepts", pa.bool_()), ("image", IMAGE), ("sha256", pa.string()), ("request_hash", pa.string()),
        ("batch_index", pa.int64()), ("batch_size", pa.int32()), ("generation_seconds", pa.float64()),
        ("write_seconds", pa.float64()), ("finished_at", pa.timestamp("ms", tz="UTC")), ("rank", pa.int32()),
-       ("model", MODEL), ("environment", ENVIRONMENT), ("input", pa.string())],
+       ("model", MODEL), ("environment", ENVIRONMENT), ("input", pa.string())]
+    + IMAGE_OF_ROW
+    + [("sprites", pa.list_(SPRITE))],
     metadata={"layerdiffuse.manifest_version": VERSION},
 )  # fmt: skip
 MANIFEST_FIELDS = tuple(SCHEMA.names)
@@ -60,6 +81,7 @@ CONTEXT_FIELDS = ("model", "environment", "rank")  # the same for every record o
 # A record in a part log: no context, passthrough columns as JSON text (`extra`).
 PART_SCHEMA = pa.schema([f for f in SCHEMA if f.name not in CONTEXT_FIELDS] + [pa.field("extra", pa.string())])
 assert tuple(name for name, _ in PARAMS) == PARAM_COLUMNS
+assert tuple(SPRITE_SETTINGS.names) == tuple(f.name for f in fields(SpriteSettings))
 # Table columns that would clash with a manifest field (the parameters and `id` are the table's own).
 RESERVED_COLUMNS = frozenset(MANIFEST_FIELDS) - {"id", "loras", *PARAM_COLUMNS}
 

@@ -9,16 +9,18 @@ from __future__ import annotations
 import io
 import json
 import re
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
 
 from .cells import missing, parse_column, show
-from .config import Defaults
+from .config import Defaults, TemplateConfig
 from .determinism import derive_seed
 from .records import BATCH_FIELDS, PARAM_COLUMNS, InvalidRow, Row
 from .schema import RESERVED_COLUMNS
 from .storage import StorageError, display, locate, scrub
+from .variations import expand_columns
 
+TABLE_COLUMNS = ("id", "num_images", "loras")  # read by the table stage itself: not passed through
 ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 LORAS = "loras"  # the optional per-row LoRA column (`path:weight; path:weight`)
 SUFFIXES = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet", ".jsonl": "jsonl", ".ndjson": "jsonl"}
@@ -37,6 +39,7 @@ class RowColumns:
     params: dict[str, list]  # every PARAM_COLUMNS entry, resolved
     extra: dict[str, list]  # passthrough columns, as read
     loras: list[tuple] | None = None  # the `loras` column as LoraRef tuples; None: the table has none
+    expansion: dict[str, list] = field(default_factory=dict)  # Row's image fields, once rows give several images
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -45,7 +48,8 @@ class RowColumns:
         params = {name: values[i] for name, values in self.params.items()}
         extra = {name: values[i] for name, values in self.extra.items()}
         loras = self.loras[i] if self.loras is not None else ()
-        return Row(number=self.numbers[i], key=self.keys[i], extra=extra, loras=loras, **params)
+        image = {name: values[i] for name, values in self.expansion.items()}
+        return Row(number=self.numbers[i], key=self.keys[i], extra=extra, loras=loras, **params, **image)
 
     def signatures(self) -> list[tuple]:
         """Per row, the fields that decide which rows batch together."""
@@ -61,11 +65,13 @@ class RowColumns:
 class Table:
     path: str  # as the user gave it (a URL without credentials)
     columns: tuple[str, ...]
-    valid: RowColumns
+    valid: RowColumns  # one entry per image: a row asking for several images gives several
     invalid: tuple[InvalidRow, ...]
+    row_count: int  # data rows read from the file
 
     @property
     def total(self) -> int:
+        """Records of the manifest: one per image, one per invalid row."""
         return len(self.valid) + len(self.invalid)
 
     @property
@@ -80,7 +86,9 @@ class Table:
 
     @property
     def keys(self) -> list[str]:
-        """Row keys in input order, valid and invalid alike."""
+        """Record keys in input order (a row's images together), valid and invalid alike."""
+        if "position" in self.valid.expansion:
+            return _placed_keys(self.valid, self.invalid)
         keys = [""] * self.total
         for number, key in zip(self.valid.numbers, self.valid.keys, strict=True):
             keys[number - 1] = key
@@ -89,9 +97,24 @@ class Table:
         return keys
 
 
-def load_table(path: str | Path, defaults: Defaults, limit: int | None = None) -> Table:
+def _placed_keys(valid: RowColumns, invalid: tuple[InvalidRow, ...]) -> list[str]:
+    keys = [""] * (len(valid) + len(invalid))
+    for position, key in zip(valid.expansion["position"], valid.keys, strict=True):
+        keys[position] = key
+    gaps = (i for i, key in enumerate(keys) if not key)  # invalid rows fill the places between, in order
+    for position, row in zip(gaps, invalid, strict=True):
+        keys[position] = row.key
+    return keys
+
+
+def load_table(path: str | Path, defaults: Defaults, limit: int | None = None,
+               templates: TemplateConfig | None = None) -> Table:  # fmt: skip
     """Read and validate a table (a local path or an fsspec URL); only the first `limit` data rows are kept
-    when given."""
+    when given.
+
+    Rows that ask for several images, or whose prompt is a template, become one entry per image
+    (pipeline/variations.py); `templates` says how templates expand (default: random draws, no wildcards).
+    """
     names, columns = read_columns(str(path))
     path = display(str(path))
     if "prompt" not in names:
@@ -104,8 +127,8 @@ def load_table(path: str | Path, defaults: Defaults, limit: int | None = None) -
         raise TableError(f"{path}: the table has a header but no rows; add at least one row")
     if limit is not None:
         columns = {name: values[:limit] for name, values in columns.items()}
-    valid, invalid = validate_columns(path, names, columns, defaults)
-    return Table(path, tuple(names), valid, tuple(invalid))
+    valid, invalid = validate_columns(path, names, columns, defaults, templates or TemplateConfig())
+    return Table(path, tuple(names), valid, tuple(invalid), len(columns["prompt"]))
 
 
 def read_columns(source: str) -> tuple[list[str], dict[str, list]]:
@@ -175,8 +198,9 @@ def _read_jsonl(handle, path: str):
     return list(columns), {c: [r.get(c) for r in records] for c in columns}
 
 
-def validate_columns(path: str, names: list[str], columns: dict[str, list], defaults: Defaults):
-    """(the valid rows as columns, the invalid rows); every problem names the file, row and column."""
+def validate_columns(path: str, names: list[str], columns: dict[str, list], defaults: Defaults,
+                     templates: TemplateConfig | None = None):  # fmt: skip
+    """(the valid images as columns, the invalid rows); every problem names the file, row and column."""
     count = len(columns["prompt"])
     keys, errors = _keys(columns.get("id") or [None] * count)
     params = {}
@@ -192,7 +216,8 @@ def validate_columns(path: str, names: list[str], columns: dict[str, list], defa
         loras, cell_errors = parse_column(LORAS, columns[LORAS], defaults)
         for position, message in cell_errors.items():
             errors.setdefault(position, []).append(message)
-    extra_names = [n for n in names if n not in ("id", LORAS) and n not in PARAM_COLUMNS]
+    counts = _image_counts(columns, defaults, count, errors)
+    extra_names = [n for n in names if n not in TABLE_COLUMNS and n not in PARAM_COLUMNS]
     invalid = [
         InvalidRow(i + 1, keys[i], tuple(f"{path}: row {i + 1}, {e}" for e in errors[i]),
                    {n: columns[n][i] for n in names})
@@ -205,7 +230,22 @@ def validate_columns(path: str, names: list[str], columns: dict[str, list], defa
     params["seed"] = [derive_seed(defaults.seed, key) if seed is None else seed for seed, key in seeds]
     extra = {name: _without(columns[name], errors) for name in extra_names}
     loras = None if loras is None else _without(loras, errors)
-    return RowColumns([i + 1 for i in good], keys, params, extra, loras), invalid
+    valid = RowColumns([i + 1 for i in good], keys, params, extra, loras)
+    counts = None if counts is None else _without(counts, errors)
+    cells = {n: columns[n] for n in names}
+    return expand_columns(
+        path, valid, invalid, counts, cells, templates or TemplateConfig(), defaults.allow_empty_prompt
+    )
+
+
+def _image_counts(columns: dict[str, list], defaults: Defaults, count: int, errors: dict) -> list | None:
+    """Each row's num_images; None when every row gives one image (no column, default 1): no work at all."""
+    if "num_images" not in columns:
+        return None if defaults.num_images == 1 else [defaults.num_images] * count
+    counts, cell_errors = parse_column("num_images", columns["num_images"], defaults)
+    for position, message in cell_errors.items():
+        errors.setdefault(position, []).append(message)
+    return counts
 
 
 def _without(values, errors: dict) -> list:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -55,6 +56,9 @@ def encode_png(rgba, row: Row, png: PngSettings, loras: Sequence = ()) -> bytes:
     for name, value in row.params().items():
         info.add_text(name, str(value))
     info.add_text("model", png.model)
+    for name in ("template", "negative_template"):
+        if getattr(row, name) is not None:
+            info.add_text(name, getattr(row, name))
     buffer = io.BytesIO()
     Image.fromarray(rgba, mode="RGBA").save(buffer, format="PNG", pnginfo=info, compress_level=png.compress_level)
     return buffer.getvalue()
@@ -71,19 +75,29 @@ def a1111_parameters(row: Row, png: PngSettings, width: int, height: int, loras:
         sampler += f"Schedule type: {png.scheduler.schedule_type}, "
     prompt = f"{row.prompt} {lora_prompt_tags(loras)}" if loras else row.prompt
     model = format_fields([*(png.model_fields or [("Model", png.model)]), *a1111_fields(loras=loras)])
+    # The Dynamic Prompts extension's fields: the prompt above is the one drawn from the template.
+    fields = (("Template", row.template), ("Negative Template", row.negative_template))
+    templates = "".join(f", {label}: {_quoted(text)}" for label, text in fields if text is not None)
     return (
         f"{prompt}\nNegative prompt: {row.negative_prompt}\n"
         f"Steps: {row.num_inference_steps}, {sampler}CFG scale: {row.guidance_scale:g}, "
-        f"Seed: {row.seed}, Size: {width}x{height}, {model}, Transparency: LayerDiffuse"
+        f"Seed: {row.seed}, Size: {width}x{height}, {model}, Transparency: LayerDiffuse{templates}"
     )
 
 
+def _quoted(text: str) -> str:
+    """A value as AUTOMATIC1111 writes one into `parameters`: JSON-quoted when it has `,`, `:` or a newline."""
+    return json.dumps(text, ensure_ascii=False) if any(c in text for c in ",:\n") else text
+
+
 def image_url(row: Row, per_folder: int) -> str:
-    """Where a new row's image goes: numbered subfolders of at most `per_folder` files, by row number.
+    """Where a new row's image goes: numbered subfolders of at most `per_folder` files, by the record's place
+    (the row number less one when every row gives one image).
 
     The manifest records each image's place, and a redone row keeps it (older flat folders stay flat).
     """
-    return f"{IMAGES}/{(row.number - 1) // per_folder:05d}/{row.key}.png"
+    position = row.number - 1 if row.position is None else row.position
+    return f"{IMAGES}/{position // per_folder:05d}/{row.key}.png"
 
 
 def write_image(storage: Storage, url: str, row: Row, rgba, png: PngSettings, loras: Sequence = ()) -> Written:

@@ -32,6 +32,18 @@ CHANGES = {  # a different valid value for each setting that is not a weight loc
     "run.strict": True,
     "run.log_format": "json",
     "model.build_tiny_if_missing": True,
+    "defaults.num_images": 4,
+    "templates.combinatorial": True,
+    "templates.wildcards": "/elsewhere",  # not checked here: the identity never looks at it
+    "templates.combination_limit": 5,
+    "sprites.trim": True,
+    "sprites.alpha_threshold": 8,
+    "sprites.pad": 2,
+    "sprites.square": True,
+    "sprites.pot": True,
+    "sprites.sizes": (64, 32),
+    "sprites.bleed": True,
+    "sprites.premultiplied": True,
 }
 
 
@@ -58,6 +70,17 @@ def test_every_setting_is_in_exactly_one_group(tiny_config):
 def test_a_setting_redoes_rows_exactly_when_it_changes_pixels(name, tiny_config):
     before, after = request_hash(tiny_config), request_hash(changed(tiny_config, name, CHANGES[name]))
     assert (before != after) == (name in REDO)
+
+
+def test_every_sprite_setting_is_post_processing_only(tiny_config):
+    """Sprites are derived from the written canvas: no sprite setting is in the request (a new one must be added)."""
+    sprite_settings = {name for name in settings_of(tiny_config) if name.startswith("sprites.")}
+    assert sprite_settings == {name for name in CHANGES if name.startswith("sprites.")}
+    assert sprite_settings <= set(NEUTRAL)
+    everything = tiny_config
+    for name in sorted(sprite_settings - {"sprites.premultiplied"}):  # bleed and premultiplied exclude each other
+        everything = changed(everything, name, CHANGES[name])
+    assert request_hash(everything) == request_hash(tiny_config)
 
 
 def test_weights_count_by_content_not_by_place(tiny_config, tiny_model_dir, tmp_path):

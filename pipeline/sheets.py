@@ -1,0 +1,70 @@
+"""`atlas DIR`: the sprites an output folder's manifest lists, packed per label into sheets (pipeline/atlas.py).
+
+Sheets go to `DIR/atlas/<label>/<name>-<n>.png` and `.json`, written whole through storage.py; frames are
+named by image key. Only the sprites the latest records list are packed (files of older settings are not).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from .atlas import AtlasError, AtlasInput, atlas_files, stale_files
+from .manifest import folder_state, read_keys
+from .records import Status
+from .sprite_files import read_rgba
+from .storage import Storage
+
+ATLAS = "atlas"
+
+
+@dataclass(frozen=True)
+class Packed:
+    label: str
+    frames: int
+    files: tuple[str, ...]  # written, relative to DIR
+
+
+def pack_folder(storage: Storage, label: str | None = None, max_size: int = 2048, padding: int = 2,
+                trim: bool = False, name: str = "sheet") -> list[Packed]:  # fmt: skip
+    """Pack each label's sprites (or only `label`'s); AtlasError says what is missing and how to make it."""
+    by_label = listed_sprites(storage)
+    if not by_label:
+        raise AtlasError(
+            f"{storage.shown('')} has no sprites to pack; derive them first, e.g. "
+            "`layerdiffuse sprites DIR --trim --pad 2 --sizes 64` (or generate with those flags)"
+        )
+    if label is not None and label not in by_label:
+        raise AtlasError(f"no sprites labelled {label!r} in {storage.shown('')}; labels: {', '.join(by_label)}")
+    labels = [label] if label is not None else list(by_label)
+    return [_pack_label(storage, lab, by_label[lab], max_size, padding, trim, name) for lab in labels]
+
+
+def listed_sprites(storage: Storage) -> dict[str, list[tuple[str, str]]]:
+    """{label: [(image key, sprite url), ...]} of the finished images, in the table's order."""
+    keys, _ = read_keys(storage)
+    state = folder_state(storage, ["id", "status", "sprites"])
+    records = state.take(pc.drop_null(pc.index_in(pa.array(keys, pa.string()), state.column("id"))))
+    records = records.filter(pc.fill_null(pc.equal(records.column("status"), Status.OK.value), False))
+    by_label: dict[str, list[tuple[str, str]]] = {}
+    for key, entries in zip(records.column("id").to_pylist(), records.column("sprites").to_pylist(), strict=True):
+        for entry in entries or ():
+            by_label.setdefault(entry["label"], []).append((key, entry["url"]))
+    return by_label
+
+
+def _pack_label(storage: Storage, label: str, sprites: list[tuple[str, str]], max_size: int, padding: int,
+                trim: bool, name: str) -> Packed:  # fmt: skip
+    inputs = [AtlasInput(key, read_rgba(storage, url)) for key, url in sprites]
+    try:
+        files = atlas_files(inputs, name, max_size, padding, trim)
+    except AtlasError as exc:
+        raise AtlasError(f"sprites {label}: {exc}") from None
+    folder = f"{ATLAS}/{label}"
+    for file_name, data in files.items():
+        storage.write(f"{folder}/{file_name}", data)
+    for stale in stale_files(list(storage.sizes(folder)), name, len(files) // 2):
+        storage.remove(f"{folder}/{stale}")
+    return Packed(label, len(inputs), tuple(f"{folder}/{n}" for n in files))
