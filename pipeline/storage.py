@@ -110,16 +110,22 @@ class Storage:
         if self.is_local:
             self.local(relative).mkdir(parents=True, exist_ok=True)
 
-    def write(self, relative: str, data: bytes, moment: str | None = None) -> None:
-        """Atomically; `moment`: the fault point reached once the content is complete but not yet in place."""
+    def write(self, relative: str, data: bytes, moment: str | None = None, durable: bool = True) -> None:
+        """Atomically; `moment`: the fault point reached once the content is complete but not yet in place;
+        `durable=False`: no fsync of its own (many small files, made durable together by `sync`)."""
         if self.is_local:
             path = self.local(relative)
             path.parent.mkdir(parents=True, exist_ok=True)
-            return write_atomic(path, data, moment)
+            return write_atomic(path, data, moment, durable)
         if moment:
             fault_point(moment)
-        try:
+        with self._remote_errors(relative):
             self.fs.pipe_file(self.path(relative), data)
+
+    @contextmanager
+    def _remote_errors(self, relative: str):
+        try:
+            yield
         except FileNotFoundError as exc:
             message = f"cannot write {self.shown(relative)}: {exc} (does the bucket exist?)"
             raise OutputError(exc.errno, message) from exc
@@ -131,17 +137,28 @@ class Storage:
 
     @contextmanager
     def open_atomic(self, relative: str, moment: str | None = None):
-        """A binary file handle whose content appears at `relative` only when the block ends without error."""
+        """A binary file handle whose content appears at `relative` only when the block ends without error.
+
+        On object stores it is spooled on local disk (TMPDIR: a shard may be gigabytes), then sent in one go.
+        """
         if self.is_local:
             path = self.local(relative)
             path.parent.mkdir(parents=True, exist_ok=True)
             with open_atomic(path, moment) as handle:
                 yield handle
             return
-        with tempfile.TemporaryFile() as spool:
+        with tempfile.NamedTemporaryFile(prefix="layerdiffuse-", suffix=".part") as spool:
             yield spool
-            spool.seek(0)
-            self.write(relative, spool.read(), moment)
+            spool.flush()
+            if moment:
+                fault_point(moment)
+            with self._remote_errors(relative):
+                self.fs.put_file(spool.name, self.path(relative))
+
+    def sync(self) -> None:
+        """Make what was written with `durable=False` durable (object stores have nothing to flush)."""
+        if self.is_local:
+            os.sync()
 
     def remove(self, relative: str) -> None:
         with suppress(FileNotFoundError):
@@ -163,17 +180,17 @@ class Storage:
         return {e["name"].rstrip("/").rsplit("/", 1)[-1]: e["size"] for e in listing if e["type"] == "file"}
 
 
-def write_atomic(path: Path, data: bytes, moment: str | None = None) -> None:
+def write_atomic(path: Path, data: bytes, moment: str | None = None, durable: bool = True) -> None:
     """Temporary file in the same folder, fsync, rename: readers see the old file or the new, never half.
 
     `moment`: the fault point reached once the temporary file is complete (see faults.py).
     """
-    with open_atomic(path, moment, size=len(data)) as handle:
+    with open_atomic(path, moment, size=len(data), durable=durable) as handle:
         handle.write(data)
 
 
 @contextmanager
-def open_atomic(path: Path, moment: str | None = None, size: int | None = None):
+def open_atomic(path: Path, moment: str | None = None, size: int | None = None, durable: bool = True):
     """The streaming form of `write_atomic`: the file appears, whole, when the block ends."""
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{_owner_tag()}.", suffix=".tmp", dir=path.parent)
@@ -185,7 +202,8 @@ def open_atomic(path: Path, moment: str | None = None, size: int | None = None):
             os.fchmod(handle.fileno(), FILE_MODE)
             yield handle
             handle.flush()
-            os.fsync(handle.fileno())
+            if durable:
+                os.fsync(handle.fileno())
         if moment:
             fault_point(moment)
         os.replace(tmp, path)

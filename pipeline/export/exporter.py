@@ -10,8 +10,9 @@ from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 
 from ..logs import utc_now
-from .destination import Destination, open_destination, put_bytes
-from .errors import ExportError
+from ..storage import OutputError, Storage
+from .destination import open_destination
+from .errors import EXIT_OUTPUT, ExportError
 from .shards import OutputFile
 from .source import manifest_records, open_source, samples, selected
 
@@ -61,7 +62,10 @@ def export(
     skipped: Counter = Counter()
     exported: Counter = Counter()
     rows = _counted(selected(manifest_records(origin), include_flagged, skipped), exported)
-    files = write(samples(origin, rows), out, shard_size, origin.schema)
+    try:
+        files = write(samples(origin, rows), out, shard_size, origin.schema)
+    except OutputError as exc:
+        raise ExportError(str(exc), EXIT_OUTPUT) from None
     summary = ExportSummary(fmt, str(source), str(dest), exported["rows"], dict(skipped), tuple(files),
                             shard_size, include_flagged)  # fmt: skip
     write_index(out, summary)
@@ -74,8 +78,11 @@ def _counted(rows: Iterable[dict], tally: Counter) -> Iterator[dict]:
         yield row
 
 
-def write_index(out: Destination, summary: ExportSummary) -> None:
+def write_index(out: Storage, summary: ExportSummary) -> None:
     from .. import __version__
 
     index = {**asdict(summary), "created_at": utc_now(), "layerdiffuse_batch": __version__}
-    put_bytes(out, INDEX, (json.dumps(index, indent=1) + "\n").encode("utf-8"))
+    try:
+        out.write(INDEX, (json.dumps(index, indent=1) + "\n").encode("utf-8"))
+    except OutputError as exc:
+        raise ExportError(str(exc), EXIT_OUTPUT) from None

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..records import Status
+from ..storage import StorageError, locate
 from .errors import ExportError
-from .location import resolve
 
 MANIFEST = "manifest.parquet"
 BATCH_ROWS = 1024  # manifest rows decoded at a time
@@ -47,7 +47,11 @@ def open_source(url: str) -> Source:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    fs, root = resolve(url, "DIR")
+    try:
+        fs, root = locate(url)
+    except StorageError as exc:
+        raise ExportError(f"DIR {exc}") from None
+    root = root.rstrip("/") or root
     try:
         with fs.open(posixpath.join(root, MANIFEST), "rb") as handle:
             schema = pq.read_schema(handle)

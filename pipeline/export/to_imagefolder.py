@@ -6,7 +6,7 @@ import json
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-from .destination import Destination, new_file, put_bytes
+from ..storage import Storage
 from .shards import OutputFile, in_shards
 from .source import Sample
 
@@ -17,10 +17,10 @@ DROPPED = frozenset({"image", "error", "input"})
 IMAGE_COLUMN_SUFFIXES = ("file_name", "file_names")
 
 
-def write_imagefolder(samples: Iterable[Sample], dest: Destination, shard_size: int, schema=None) -> list[OutputFile]:
+def write_imagefolder(samples: Iterable[Sample], dest: Storage, shard_size: int, schema=None) -> list[OutputFile]:
     """DEST/000000/<id>.png, ...; DEST/metadata.jsonl is published once every image is in place."""
     files = []
-    with new_file(dest, METADATA) as metadata:
+    with dest.open_atomic(METADATA) as metadata:
         for index, group in enumerate(in_shards(samples, shard_size)):
             files.append(_write_folder(group, f"{index:06d}", dest, metadata))
         dest.sync()  # images were written without a fsync each; make them durable before the metadata
@@ -28,11 +28,11 @@ def write_imagefolder(samples: Iterable[Sample], dest: Destination, shard_size: 
     return [*files, OutputFile(METADATA, sum(f.rows for f in files), size)]
 
 
-def _write_folder(group: Iterator[Sample], folder: str, dest: Destination, metadata) -> OutputFile:
+def _write_folder(group: Iterator[Sample], folder: str, dest: Storage, metadata) -> OutputFile:
     rows = size = 0
     for sample in group:
         file_name = f"{folder}/{sample.file_name}"
-        put_bytes(dest, file_name, sample.png, durable=False)
+        dest.write(file_name, sample.png, durable=False)
         line = json.dumps(metadata_row(sample.record, file_name), ensure_ascii=False, default=str)
         metadata.write(line.encode("utf-8") + b"\n")
         rows, size = rows + 1, size + len(sample.png)

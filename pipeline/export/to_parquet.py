@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Iterator
 
-from .destination import Destination, new_file
+from ..storage import Storage
 from .shards import OutputFile, in_shards, shard_name
 from .source import Sample
 
@@ -26,13 +26,13 @@ def export_schema(manifest_schema):
     return pa.schema(fields, metadata={"huggingface": json.dumps(HF_FEATURES)})
 
 
-def write_parquet(samples: Iterable[Sample], dest: Destination, shard_size: int, schema) -> list[OutputFile]:
+def write_parquet(samples: Iterable[Sample], dest: Storage, shard_size: int, schema) -> list[OutputFile]:
     """DEST/data-000000.parquet, ... with `shard_size` rows each, in small row groups (`row_groups`)."""
     out_schema = export_schema(schema)
     files = []
     for index, group in enumerate(in_shards(samples, shard_size)):
         name = shard_name(index, ".parquet")
-        with new_file(dest, name) as stream:
+        with dest.open_atomic(name) as stream:
             rows = _write_shard(group, stream, out_schema)
             size = stream.tell()
         files.append(OutputFile(name, rows, size))

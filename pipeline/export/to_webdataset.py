@@ -7,7 +7,7 @@ import string
 from collections.abc import Iterable
 
 from ..schema import json_record
-from .destination import Destination, new_file
+from ..storage import Storage
 from .shards import OutputFile, in_shards, shard_name
 from .source import Sample
 
@@ -30,14 +30,14 @@ def tar_entry(sample: Sample) -> dict:
     return {"__key__": sample_key(sample.key), "png": sample.png, "json": record}
 
 
-def write_webdataset(samples: Iterable[Sample], dest: Destination, shard_size: int, schema=None) -> list[OutputFile]:
+def write_webdataset(samples: Iterable[Sample], dest: Storage, shard_size: int, schema=None) -> list[OutputFile]:
     """DEST/data-000000.tar, ... with `shard_size` samples each (the last one fewer)."""
     from webdataset import TarWriter
 
     files = []
     for index, group in enumerate(in_shards(samples, shard_size)):
         name = shard_name(index, ".tar")
-        with new_file(dest, name) as stream:
+        with dest.open_atomic(name) as stream:
             rows = 0
             # encoder=False: the PNG bytes go in unchanged; mtime=0: the same samples give the same bytes.
             with TarWriter(stream, encoder=False, mtime=0) as tar:
