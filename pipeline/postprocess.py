@@ -231,6 +231,6 @@ class _InTurn(Executor):
         future: Future = Future()
         try:
             future.set_result(fn(*args, **kwargs))
-        except BaseException as exc:  # raised where the result is asked for
+        except Exception as exc:  # raised where the result is asked for (Ctrl-C at once)
             future.set_exception(exc)
         return future
