@@ -76,7 +76,8 @@ class RunConfig:
     batch_size: int = 1
     tta: bool = True
     decoder_sub_batch: int | None = None  # decoder images per call; None: 16 on GPU, 1 on CPU (measured)
-    png_compress_level: int = 6
+    png_compress_level: int = 6  # canvases: zlib's RLE strategy at 1-8 (same file at any), full search at 9
+    writer_threads: int | None = None  # threads that check, encode and write images; None: 2 on GPU, 0 on CPU
     images_per_folder: int = 10_000  # images go into numbered subfolders of at most this many files
     limit: int | None = None
     max_failures: int | None = None  # stop the run once more rows than this have failed
@@ -301,6 +302,10 @@ def validate(config: Config, source: str) -> None:
             "run.decoder_sub_batch must be >= 1 (or null for the device's default)",
         ),  # fmt: skip
         (r.png_compress_level in range(10), f"run.png_compress_level must be 0-9, got {r.png_compress_level!r}"),
+        (
+            r.writer_threads is None or (_is_int(r.writer_threads) and r.writer_threads >= 0),
+            f"run.writer_threads must be >= 0 (0: in turn with generation; null: by device), got {r.writer_threads!r}",
+        ),  # fmt: skip
         (_is_int(r.images_per_folder) and r.images_per_folder >= 1, "run.images_per_folder must be >= 1"),
         (r.limit is None or (_is_int(r.limit) and r.limit >= 0), f"run.limit must be >= 0, got {r.limit!r}"),
         (r.max_failures is None or (_is_int(r.max_failures) and r.max_failures >= 0), "run.max_failures must be >= 0"),

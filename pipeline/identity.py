@@ -56,6 +56,7 @@ LOW_BITS = {  # may move the lowest bits of some pixels (other kernels or summat
 NEUTRAL = {  # never change pixels
     "model.build_tiny_if_missing": "builds the tiny model where it is missing",
     "run.png_compress_level": "file size only; the pixels are lossless",
+    "run.writer_threads": "how many threads check, encode and write images; records keep their order",
     "run.images_per_folder": "where new images are filed",
     "run.limit": "which rows run",
     "run.max_failures": "when a failing run stops",

@@ -7,7 +7,6 @@ import json
 import signal
 import threading
 import time
-from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -22,22 +21,20 @@ from .lock import lock_folder
 from .logs import Log, utc_now
 from .lora_sets import LoraSwitch, RowLoraSets, plan_lora_sets
 from .manifest import MANIFEST_JSONL, MANIFEST_PARQUET, STATE_COLUMNS, folder_state, merge, write_keys, write_run_info
-from .outcome import Failed, Flagged, Invalid, Outcome, Provenance, Rendered, Skipped, manifest_record
+from .outcome import Failed, Invalid, Outcome, Provenance, Rendered, Skipped, manifest_record
 from .parts import PartWriter, part_stem
 from .pending import decide
-from .records import NO_LORAS, PARAM_COLUMNS, Batch, Row
+from .postprocess import PostProcessor, writer_threads
+from .postprocess import TooManyFailures as TooManyFailures  # a run's errors are run.* (cli.py)
+from .records import NO_LORAS, PARAM_COLUMNS, Batch
 from .schedulers import SCHEDULERS
 from .sharding import Process, candidates, current_process, my_share
-from .sprite_files import remove_replaced, sprite_plan, write_sprites
+from .sprite_files import sprite_plan
 from .storage import Storage, display, remove_stale_temporaries
 from .table import Table, TableError, load_table
-from .writer import IMAGES, PngSettings, a1111_model_fields, image_url, write_image
+from .writer import IMAGES, PngSettings, a1111_model_fields
 
 STATS = "stats"
-
-
-class TooManyFailures(RuntimeError):
-    """More rows failed than --max-failures allows: the run stops instead of failing everywhere."""
 
 
 @dataclass
@@ -102,9 +99,12 @@ class Job:
     old_sprites: dict[str, list] = field(default_factory=dict)  # recorded sprites of images to redo
     seconds: dict[str, float] = field(default_factory=dict)  # time per stage, for the run statistics
     loras: RowLoraSets = field(default_factory=lambda: RowLoraSets(NO_LORAS))  # each row's LoRA set
+    _seconds_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def spend(self, stage: str, seconds: float) -> None:
-        self.seconds[stage] = self.seconds.get(stage, 0.0) + seconds
+        """Thread-safe: the post-processing threads add their stages too."""
+        with self._seconds_lock:
+            self.seconds[stage] = self.seconds.get(stage, 0.0) + seconds
 
 
 def generate(config: Config, input_path: Path, out: str | Path, shard=None, log: Log | None = None,
@@ -270,94 +270,64 @@ def _restyle(job: Job, stop: threading.Event) -> None:
 
 def _render(job: Job, part: PartWriter, stop: threading.Event) -> None:
     if all(batch.loras.error for batch in job.batches):  # only rows whose own LoRAs cannot be used: no model
-        for batch in job.batches:
-            for row in batch.rows:
-                if row.key in job.todo:
-                    _record_failure(job, part, row, batch, Failed(batch.loras.error), None)
+        with PostProcessor(job, part) as post:
+            for batch in job.batches:
+                post.submit(batch, _todo(job, batch, [Failed(batch.loras.error)] * len(batch.rows)), 0.0)
         return
+    model, switch, provenance = _load_model(job, part)
+    config, log = job.config, job.log
+    png = PngSettings(model_label(config), SCHEDULERS[config.model.scheduler], config.run.png_compress_level,
+                      a1111_model_fields(job.sources, model_label(config)))  # fmt: skip
+    threads = writer_threads(config.run.writer_threads, model.device)
+    with (
+        log.progress(len(job.todo)) as advance,
+        PostProcessor(job, part, provenance, png, model.safety_checker, threads, advance) as post,
+    ):
+        for batch in job.batches:
+            if stop.is_set():  # what was handed over is still checked, written and recorded
+                job.summary.interrupted = True
+                log.event("interrupted", "stopped after the last finished batch; rerun to continue")
+                break
+            started = time.perf_counter()
+            outcomes = _generate_batch(model, batch, job, switch)
+            seconds = time.perf_counter() - started
+            job.spend("generate", seconds)
+            fault_point("batch_generated")
+            post.submit(batch, outcomes, round(seconds / len(batch.rows), 4))
+            log.event("batch_done", batch=batch.index, rows=len(batch.rows), seconds=round(seconds, 3))
+
+
+def _load_model(job: Job, part: PartWriter):
+    """The model (with the safety checker when a row to do asks for it), its LoRA switch, and the provenance
+    its records carry."""
     from .model import LoraAdapters, load_model, resolve_device
 
-    config, log = job.config, job.log
-    started = time.perf_counter()
+    config, started = job.config, time.perf_counter()
     needs_checker = any(r.enable_safety_checker for b in job.batches for r in b.rows if r.key in job.todo)
     device = resolve_device(config.model.device, job.process.local_rank)
     model = load_model(config.model, device, safety_checker=needs_checker, sources=job.sources)
     switch = LoraSwitch(LoraAdapters(model.pipe), job.loras.run)  # the run's LoRAs must fit: exit 4 if not
-    log.event("model_loaded", seconds=round(time.perf_counter() - started, 2), device=str(model.device))
+    job.log.event("model_loaded", seconds=round(time.perf_counter() - started, 2), device=str(model.device))
     job.spend("load_model", time.perf_counter() - started)
     fault_point("model_loaded")
     env = environment(model.device, model.dtype, config, job.process.world_size)
     weights = {**model.identity, **weights_provenance(job.sources, config.model.base_config)}
     provenance = Provenance(weights, env, job.process.rank)
     part.set_context(provenance.model, provenance.environment, provenance.rank)
-    png = PngSettings(model_label(config), SCHEDULERS[config.model.scheduler], config.run.png_compress_level,
-                      a1111_model_fields(job.sources, model_label(config)))  # fmt: skip
-    writes: list[Future] = []
-    with _writer(model.device) as writer, log.progress(len(job.todo)) as advance:
-        for batch in job.batches:
-            if stop.is_set():
-                job.summary.interrupted = True
-                log.event("interrupted", "stopped after the last finished batch; rerun to continue")
-                break
-            started = time.perf_counter()
-            outcomes = _generate_batch(model, batch, job, switch)
-            job.spend("generate", time.perf_counter() - started)
-            fault_point("batch_generated")
-            share = round((time.perf_counter() - started) / len(batch.rows), 4)
-            _finish(writes, part)  # PNG encoding overlaps the next batch; at most one batch in flight
-            writes = []
-            for row, outcome in zip(batch.rows, outcomes, strict=True):
-                if isinstance(outcome, Skipped):
-                    continue
-                if isinstance(outcome, Failed):
-                    _record_failure(job, part, row, batch, outcome, provenance)
-                    advance()
-                    continue
-                writes.append(writer.submit(_write_row, job, part, row, batch, outcome, share, provenance, png))
-                writes[-1].add_done_callback(lambda _f: advance())
-                job.summary.ok += 1
-                job.summary.flagged += isinstance(outcome, Flagged)
-            log.event("batch_done", batch=batch.index, rows=len(batch.rows), seconds=round(share * len(batch.rows), 3))
-        _finish(writes, part)
-
-
-def _finish(writes: list[Future], part: PartWriter) -> None:
-    for future in writes:
-        future.result()
-    part.flush()
-    if writes:
-        fault_point("batch_recorded")
-
-
-def _writer(device) -> Executor:
-    """PNG encoding overlaps generation on an accelerator. On a CPU it would compete with torch for the
-    same cores, which measured slower than writing in turn (tests/bench/RESULTS.md)."""
-    return ThreadPoolExecutor(max_workers=1) if device.type != "cpu" else InlineExecutor()
-
-
-class InlineExecutor(Executor):
-    def submit(self, fn, /, *args, **kwargs) -> Future:
-        future: Future = Future()
-        try:
-            future.set_result(fn(*args, **kwargs))
-        except BaseException as exc:
-            future.set_exception(exc)
-        return future
+    return model, switch, provenance
 
 
 def _generate_batch(model, batch: Batch, job: Job, switch: LoraSwitch) -> list[Outcome]:
     """One outcome per row (batch-mates that are done are `Skipped`); a failed batch is retried row by row.
-    The batch's LoRA set is made the active one first; a set that cannot be used fails the batch's rows."""
-    from .model import free_memory, generate_rgba, screen
+    The batch's LoRA set is made the active one first; a set that cannot be used fails the batch's rows.
+    The safety check follows in the post-processing (postprocess.py)."""
+    from .model import free_memory, generate_rgba
 
     config = job.config
 
     def attempt(rows) -> list[Outcome]:
         try:
-            images = generate_rgba(model, rows, config.run.tta, config.run.decoder_sub_batch)
-            images, flags = screen(model.safety_checker, rows, images)
-            pairs = zip(images, flags, strict=True)
-            return [Flagged(rgba) if flag else Rendered(rgba, checked=flag is False) for rgba, flag in pairs]
+            return [Rendered(rgba) for rgba in generate_rgba(model, rows, config.run.tta, config.run.decoder_sub_batch)]
         except Exception as exc:  # e.g. out of memory: one bad batch must not end the run
             free_memory(model)
             return [Failed(f"{type(exc).__name__}: {exc}")] * len(rows)
@@ -367,34 +337,12 @@ def _generate_batch(model, batch: Batch, job: Job, switch: LoraSwitch) -> list[O
     if len(batch.rows) > 1 and isinstance(outcomes[0], Failed) and not refused:
         job.log.event("batch_retry", outcomes[0].error, batch=batch.index, rows=len(batch.rows))
         outcomes = [attempt([row])[0] for row in batch.rows]
+    return _todo(job, batch, outcomes)
+
+
+def _todo(job: Job, batch: Batch, outcomes: list[Outcome]) -> list[Outcome]:
+    """Rows done by an earlier run are `Skipped` (they were only batch-mates)."""
     return [o if row.key in job.todo else Skipped() for row, o in zip(batch.rows, outcomes, strict=True)]
-
-
-def _record_failure(job: Job, part: PartWriter, row: Row, batch: Batch, outcome: Failed, provenance) -> None:
-    request = job.identity.request_hash(row, batch.loras.key)
-    part.append(manifest_record(row, outcome, request_hash=request, batch=batch, provenance=provenance))
-    job.summary.failed += 1
-    job.log.event("row_failed", outcome.error, id=row.key, row=row.number)
-    limit = job.config.run.max_failures
-    if limit is not None and job.summary.failed > limit:
-        raise TooManyFailures(f"{job.summary.failed} rows failed (--max-failures {limit}); last error: {outcome.error}")
-
-
-def _write_row(job: Job, part, row: Row, batch: Batch, outcome, share: float, provenance, png: PngSettings) -> None:
-    url = job.places.get(row.key) or image_url(row, job.config.run.images_per_folder)
-    written = write_image(job.storage, url, row, outcome.rgba, png, batch.loras.loras)
-    job.spend("encode", written.encode_seconds)
-    job.spend("write", written.write_seconds - written.encode_seconds)
-    fault_point("png_in_place")
-    if job.config.sprites.active:  # derived from the canvas just written, before its record says it is done
-        started = time.perf_counter()
-        written = replace(written, sprites=write_sprites(job.storage, written.image["url"], outcome.rgba,
-                                                         job.config.sprites, png.compress_level))  # fmt: skip
-        job.spend("sprites", time.perf_counter() - started)
-    request = job.identity.request_hash(row, batch.loras.key)
-    part.append(manifest_record(row, outcome, request_hash=request, batch=batch, provenance=provenance,
-                                written=written, generation_seconds=share))  # fmt: skip
-    remove_replaced(job.storage, job.old_sprites.get(row.key), written.sprites)
 
 
 def _merge(job: Job, table: Table) -> None:

@@ -26,6 +26,7 @@ CHANGES = {  # a different valid value for each setting that is not a weight loc
     "run.batch_size": 7,
     "run.decoder_sub_batch": 3,
     "run.png_compress_level": 1,
+    "run.writer_threads": 2,
     "run.limit": 1,
     "run.max_failures": 0,
     "run.overwrite": True,

@@ -106,3 +106,16 @@ def test_transparent_pixels_are_judged_over_neutral_grey():
     rgba = np.array([[[[255, 0, 0, 255], [255, 0, 0, 0], [0, 0, 255, 128]]]], dtype=np.uint8)
     rgb = composite_on_grey(rgba)
     assert rgb[0, 0].tolist() == [[255, 0, 0], [127, 127, 127], [63, 63, 191]]
+
+
+def test_grey_composite_is_exact_for_every_colour_and_alpha():
+    """Integer maths, checked against exact rounding and against the float32 formula it replaced."""
+    colour, alpha = (x.astype(np.int64) for x in np.meshgrid(np.arange(256), np.arange(256), indexing="ij"))
+    rgba = np.stack([colour, 255 - colour, colour[::-1], alpha], axis=-1).astype(np.uint8)[None]
+    numerator = rgba[..., :3].astype(np.int64) * alpha[None, ..., None] + 127 * (255 - alpha[None, ..., None])
+    exact = (2 * numerator + 255) // 510  # round(numerator / 255), halves up (none occur)
+    share = rgba[..., 3:].astype(np.float32) / 255
+    as_floats = np.round(rgba[..., :3].astype(np.float32) * share + 127 * (1 - share)).astype(np.uint8)
+    composite = composite_on_grey(rgba)
+    assert composite.dtype == np.uint8 and composite.shape == (1, 256, 256, 3)
+    assert np.array_equal(composite, exact) and np.array_equal(composite, as_floats)

@@ -59,10 +59,13 @@ def screen(checker: SafetyChecker | None, rows, rgba: np.ndarray) -> tuple[np.nd
 
 
 def composite_on_grey(rgba: np.ndarray) -> np.ndarray:
-    """uint8 [B, H, W, 4] straight alpha -> uint8 [B, H, W, 3] over RGB (127, 127, 127)."""
-    alpha = rgba[..., 3:].astype(np.float32) / 255
-    rgb = rgba[..., :3].astype(np.float32) * alpha + NEUTRAL_GREY * (1 - alpha)
-    return np.round(rgb).astype(np.uint8)
+    """uint8 [B, H, W, 4] straight alpha -> uint8 [B, H, W, 3] over RGB (127, 127, 127): each channel
+    round((c * a + 127 * (255 - a)) / 255), in 16-bit integers (exact, and faster than floats)."""
+    alpha = rgba[..., 3:].astype(np.uint16)
+    total = rgba[..., :3] * alpha  # at most 255 * 255: with the grey and the rounding term it fits 16 bits
+    total += NEUTRAL_GREY * (255 - alpha) + 127  # + 127: rounds (a multiple of 255 plus a half never occurs)
+    total //= 255
+    return total.astype(np.uint8)
 
 
 def load_safety_checker(source: str | os.PathLike, device: torch.device, dtype: torch.dtype) -> SafetyChecker:

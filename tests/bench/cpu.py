@@ -14,7 +14,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 
@@ -22,11 +21,11 @@ import numpy as np
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from pipeline import run as run_module  # noqa: E402
 from pipeline.config import Config, Defaults, ModelConfig, RunConfig  # noqa: E402
 from pipeline.determinism import plan_batches  # noqa: E402
 from pipeline.logs import Log  # noqa: E402
 from pipeline.model import build_tiny_model, generate_rgba, load_model  # noqa: E402
+from pipeline.postprocess import ACCELERATOR_THREADS  # noqa: E402
 from pipeline.run import generate  # noqa: E402
 from pipeline.table import load_table  # noqa: E402
 
@@ -65,16 +64,11 @@ def overhead(work: Path) -> dict:
     rows = load_table(source, config.defaults).rows
     devnull = open(os.devnull, "w")  # noqa: SIM115
 
-    def full(name):
-        return generate(config, source, work / name, log=Log("json", stream=devnull))
+    def full(name, run=config.run):
+        return generate(replace(config, run=run), source, work / name, log=Log("json", stream=devnull))
 
-    def threaded(name):  # the GPU default: PNG encoding in a writer thread, overlapping generation
-        default = run_module._writer
-        run_module._writer = lambda device: ThreadPoolExecutor(max_workers=1)
-        try:
-            return full(name)
-        finally:
-            run_module._writer = default
+    def threaded(name):  # the GPU default: post-processing on threads, overlapping generation
+        return full(name, replace(config.run, writer_threads=ACCELERATOR_THREADS))
 
     def bare():
         model = load_model(config.model)
@@ -311,13 +305,14 @@ Medians of {REPS} repetitions, measured side by side in one process run.
 {o["rows"]} rows, 512x512, 2 steps, TTA off, batch 2: generation is cheap, so PNG encoding, hashing
 and writing are a material share ({o["write_share"]:.1%} of the bare loop's time; the tiny model's outputs are
 noise, which zlib cannot shrink). Both sides include the model load; the full run also reads the table and
-writes PNGs, records and the manifest. "threaded" is the same run with the writer thread used on GPUs.
+writes PNGs, records and the manifest. "threaded" is the same run with the post-processing threads used on
+GPUs ({ACCELERATOR_THREADS}, `run.writer_threads`); the full run writes in turn, as CPU runs do by default.
 
 {
         table(
             [
                 "full generate (s)",
-                "threaded writer (s)",
+                "threaded (s)",
                 "bare loop (s)",
                 "encode+write share",
                 "other overhead",
@@ -339,10 +334,10 @@ writes PNGs, records and the manifest. "threaded" is the same run with the write
     }
 
 What remains above 1.05 is the PNG encoding itself: torch keeps both cores busy, so on a CPU-only machine
-encoding cannot hide behind generation (a writer thread competes for the same cores and measured no better),
-and the run writes in turn there. Everything else (table, hashes, records, manifest) is the "other overhead"
+encoding cannot hide behind generation (threads compete for the same cores and measured no better), and the
+run writes in turn there. Everything else (table, hashes, records, manifest) is the "other overhead"
 column (ratio - 1 - encode+write share; within about 2% it is measurement noise, negative values included).
-On a GPU the writer thread encodes while the GPU denoises the next batch.
+On a GPU the post-processing threads check, encode and write while the GPU denoises the next batch.
 
 ## 2. Batch size (tiny model, 256x256, 4 steps, TTA on, 8 images)
 

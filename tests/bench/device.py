@@ -1,11 +1,12 @@
 """Device-shaped throughput (`python -m tests.bench.device`): is the host work hidden behind the device?
 
-The full `generate` path (table, planning, resume, writer thread, manifest, safety-checker plumbing; no
-report) runs with the model replaced by a stand-in that holds no CPU while it "computes": it sleeps a set
-time per image, as a GPU would, and returns sprite-like 1024x1024 RGBA images (tests/bench/sprites.py).
-The stand-in lives here only. It poses as a CUDA device, so `generate` takes its GPU path (PNG encoding in
-a writer thread). The safety checker is the real `SafetyChecker` with the real CLIP image processor; only
-its CLIP forward is replaced by a wait of CHECKER_SECONDS per image.
+The full `generate` path (table, planning, resume, post-processing threads, manifest, safety-checker
+plumbing; no report) runs with the model replaced by a stand-in that holds no CPU while it "computes": it
+sleeps a set time per image, as a GPU would, and returns sprite-like 1024x1024 RGBA images
+(tests/bench/sprites.py). The stand-in lives here only. It poses as a CUDA device, so `generate` takes its
+GPU path (pipeline/postprocess.py with threads). The safety checker is the real `SafetyChecker` with the
+real CLIP image processor; only its CLIP forward is replaced by a wait of CHECKER_SECONDS per image. One
+device: the checker's wait and the model's never overlap (a GPU runs one thread's kernels after the other's).
 
 Reported: wall time / the stand-in's total wait, for 1 and 2 processes (`--shard i/2` jobs side by side,
 one worker process each), at batch 1 and 4; and the peak memory over 100 and 1,000 images.
@@ -22,6 +23,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
@@ -48,6 +50,7 @@ class Case:
     level: int
     images: int  # in the table; each of `processes` shard jobs takes its share
     safety_checker: bool = True
+    threads: int | None = None  # run.writer_threads; None: the device's default
 
 
 @dataclass
@@ -60,6 +63,7 @@ class Timeline:
     images: int = 0
     rss_at: dict[int, int] = field(default_factory=dict)  # images produced -> RSS bytes
     screen_seconds: float = 0.0
+    device: threading.Lock = field(default_factory=threading.Lock)  # one GPU: its waits never overlap
 
 
 @dataclass
@@ -72,6 +76,7 @@ class StandInModel:
     safety_checker: object
     seconds_per_image: float
     timeline: Timeline
+    pipe: object = None  # no LoRAs: the LoRA switch never touches it
 
 
 class StandInClip:
@@ -82,7 +87,8 @@ class StandInClip:
 
     def __call__(self, clip_input, images):
         seconds = CHECKER_SECONDS * len(images)
-        time.sleep(seconds)
+        with self.timeline.device:
+            time.sleep(seconds)
         self.timeline.checker_seconds += seconds
         return images, [False] * len(images)
 
@@ -114,9 +120,10 @@ def stand_in(seconds_per_image: float, rss_marks=()):
                             seconds_per_image, timeline)  # fmt: skip
 
     def generate_rgba(model, rows, tta=True, decoder_sub_batch=None) -> np.ndarray:
-        started, seconds = time.perf_counter(), model.seconds_per_image * len(rows)
-        time.sleep(seconds)  # returns once this thread has the GIL and a core again: lateness shows contention
-        timeline.waits.append((started, time.perf_counter()))
+        with timeline.device:  # after the checker's forward, if one is running
+            started, seconds = time.perf_counter(), model.seconds_per_image * len(rows)
+            time.sleep(seconds)  # returns once this thread has the GIL and a core again: lateness shows contention
+            timeline.waits.append((started, time.perf_counter()))
         timeline.late.append(timeline.waits[-1][1] - started - seconds)
         images = sprite_batch([row.seed for row in rows])  # a fresh array per batch, as a device copy is
         before = timeline.images
@@ -166,7 +173,7 @@ def config_for(case: Case):
     model = ModelConfig(base=str(TINY / "sdxl"), layerdiffuse=str(TINY / "layerdiffusion-v1"),
                         safety_checker=str(TINY / "safety-checker"))  # fmt: skip
     run = RunConfig(batch_size=case.batch, png_compress_level=case.level, safety_checker=case.safety_checker,
-                    log_format="json")  # fmt: skip
+                    writer_threads=case.threads, log_format="json")  # fmt: skip
     return Config(model=model, run=run)
 
 
@@ -304,13 +311,15 @@ def memory_case(case: Case, work: Path, marks: tuple[int, ...]) -> dict:
     return {"case": case, **result}
 
 
-def cases_for(images: int, level: int, compare_level: int | None) -> list[Case]:
-    """Both device speeds, batch 1 and 4, 1 and 2 processes at `level`; batch 4 at `compare_level`;
-    batch 4 without the safety checker (what the checker's host side costs)."""
+def cases_for(images: int, level: int, compare_level: int | None, compare_threads=()) -> list[Case]:
+    """Both device speeds, batch 1 and 4, 1 and 2 processes at `level`; batch 4 at `compare_level` and with
+    each of `compare_threads` writer threads; batch 4 without the safety checker (what its host side costs)."""
     cases = [Case(p, b, s, level, images * p) for s in (0.6, 0.3) for b in (1, 4) for p in (1, 2)]
+    batch_4 = [c for c in cases if c.batch == 4]
     if compare_level is not None and compare_level != level:
-        cases += [replace(c, level=compare_level) for c in cases if c.batch == 4]
-    cases += [replace(c, safety_checker=False) for c in cases[:8] if c.batch == 4 and c.processes == 1]
+        cases += [replace(c, level=compare_level) for c in batch_4]
+    cases += [replace(c, threads=t) for t in compare_threads for c in batch_4 if c.seconds_per_image == 0.3]
+    cases += [replace(c, safety_checker=False) for c in batch_4 if c.processes == 1]
     return cases
 
 
@@ -321,6 +330,8 @@ def main(argv=None) -> None:
     parser.add_argument("--repeats", type=int, default=1, help="runs of each configuration (min and median)")
     parser.add_argument("--level", type=int, default=None, help="PNG level (default: the configured default)")
     parser.add_argument("--compare-level", type=int, default=None, help="also run batch 4 at this level")
+    parser.add_argument("--compare-threads", type=int, nargs="*", default=[1, 3],
+                        help="also run batch 4 at 0.3 s/image with these writer threads")  # fmt: skip
     parser.add_argument("--memory-images", type=int, nargs="*", default=[100, 1000])
     parser.add_argument("--json", type=Path, help="also write every sample here")
     parser.add_argument("--no-write", action="store_true", help="print only; leave RESULTS.md as it is")
@@ -334,7 +345,7 @@ def main(argv=None) -> None:
     work = Path(tempfile.mkdtemp(prefix="layerdiffuse-device-"))
     started = time.perf_counter()
     try:
-        rows = grid(cases_for(args.images, level, args.compare_level), work, args.repeats)
+        rows = grid(cases_for(args.images, level, args.compare_level, args.compare_threads), work, args.repeats)
         memory = [memory_case(Case(1, 4, 0.05, level, n, safety_checker=False), work, (100, n))
                   for n in args.memory_images]  # fmt: skip
     finally:
@@ -356,7 +367,8 @@ def _default_level() -> int:
 
 def _line(case: Case, sample: dict) -> str:
     return (f"{case.processes} proc, batch {case.batch}, {case.seconds_per_image} s/img, level {case.level}, "
-            f"checker {case.safety_checker}: wall/device {sample['ratio']:.3f} (loop {sample['loop_ratio']:.3f}), "
+            f"threads {_threads(case)}, checker {case.safety_checker}: "
+            f"wall/device {sample['ratio']:.3f} (loop {sample['loop_ratio']:.3f}), "
             f"gap {sample['gap'] * 1000:.0f} ms, late {sample['late'] * 1000:.0f} ms, "
             f"screen {sample['screen_per_image'] * 1000:.0f} ms/img, "
             f"write {sample['write_per_image'] * 1000:.0f} ms/img")  # fmt: skip
@@ -372,7 +384,7 @@ def _grid_row(row: dict) -> list:
         values = [s[key] for s in samples]
         return f"{min(values):.3f}" if len(values) == 1 else f"{min(values):.3f} / {median(values):.3f}"
 
-    return [c.processes, c.batch, c.seconds_per_image, c.level, "on" if c.safety_checker else "off",
+    return [c.processes, c.batch, c.seconds_per_image, c.level, _threads(c), "on" if c.safety_checker else "off",
             samples[0]["ok"], f"{mid('device'):.1f}", f"**{spread('ratio')}**", spread("loop_ratio"),
             f"{mid('gap') * 1000:.0f}", f"{mid('late') * 1000:.0f}", f"{mid('tail'):.2f}",
             f"{mid('screen_per_image') * 1000:.0f}", f"{mid('write_per_image') * 1000:.0f}"]  # fmt: skip
@@ -385,7 +397,13 @@ def _memory_row(m: dict) -> list:
             f"{m['rss_peak'] / MIB:.0f}", f"{m['wall'] / m['device']:.2f}"]  # fmt: skip
 
 
-GRID_HEADERS = ["processes", "batch", "s/image", "PNG level", "checker", "images", "device s", "wall/device",
+def _threads(case: Case) -> str:
+    from pipeline.postprocess import ACCELERATOR_THREADS
+
+    return f"{ACCELERATOR_THREADS} (default)" if case.threads is None else str(case.threads)
+
+
+GRID_HEADERS = ["processes", "batch", "s/image", "PNG level", "threads", "checker", "images", "device s", "wall/device",
                 "loop/device", "gap/batch ms", "late/batch ms", "tail s", "screen ms/img", "write ms/img"]  # fmt: skip
 
 
@@ -397,26 +415,28 @@ Produced by `python -m tests.bench.device` ({seconds:.0f} s). Machine: {machine(
 {versions("pillow", "numpy", "psutil")}. The machine is shared with other processes, whose load varies:
 repeat before reading differences of a few percent.
 
-`generate` runs for real (table, planning, resume, writer thread, manifest parts and merge, the safety
-checker's pre-processing) against a stand-in device that sleeps s/image per image, holding no CPU, and
-returns sprite-like 1024x1024 images; it poses as CUDA, so PNGs are encoded in the GPU path's writer thread.
-The checker's CLIP forward waits {CHECKER_SECONDS * 1000:.0f} ms per image. PNG level {level} unless the table
-says otherwise (the configured default is {_default_level()}).
-2 processes: two `--shard i/2` jobs side by side, one worker process each (started before the clock), wall
-time from the first start to the last end; "images" counts both. "device s": the stand-in's waits in one
-process. Ratios, {reps}:
-"wall/device", the whole `generate` call(s) / that; "loop/device", first wait's start to last wait's end / the
-waits inside (host work that stalls the device between batches, without the start and the last batch's writes).
-"gap/batch": median host time between two device calls (main thread);
-"late/batch": how much later than asked the device wait returned (the main thread waiting for the GIL or a
-core); "tail": last wait's end to return (the last batch's writes, the manifest merge); "screen": the safety
-checker's host side per image, on the main thread; "write": encode + write + hash per image in the writer
-thread (median manifest `write_seconds`). Per-process values: the worse process.
+`generate` runs for real (table, planning, resume, post-processing threads, manifest parts and merge, the
+safety checker's pre-processing) against a stand-in device that sleeps s/image per image, holding no CPU, and
+returns sprite-like 1024x1024 images; it poses as CUDA, so the safety check, PNG encoding, writing, hashing
+and records run on the GPU path's post-processing threads ("threads": `run.writer_threads`). The checker's
+CLIP forward waits {CHECKER_SECONDS * 1000:.0f} ms per image on the same stand-in device (never overlapping
+the model's waits). PNG level {level} unless the table says otherwise (the configured default is
+{_default_level()}). 2 processes: two `--shard i/2` jobs side by side, one worker process each (started before
+the clock), wall time from the first start to the last end; "images" counts both. "device s": the stand-in's
+waits in one process, checker included. Ratios, {reps}:
+"wall/device", the whole `generate` call(s) / that; "loop/device", first model wait's start to last model
+wait's end / the device waits inside (host work that stalls the device between batches, without the start
+and the last batch's post-processing). "gap/batch": median time between two model calls (the main thread's
+host work, or the checker's forward on the device); "late/batch": how much later than asked the model's
+wait returned (the main thread waiting for the GIL or a core); "tail": last model wait's end to return (the
+last batch's post-processing, the manifest merge); "screen": the safety checker's host side and forward per
+image; "write": encode + write + hash per image (median manifest `write_seconds`); both on the
+post-processing threads. Per-process values: the worse process.
 
 {table(GRID_HEADERS, [_grid_row(r) for r in rows])}
 
-Memory (1 process, batch 4, 0.05 s/image and no safety checker to stay short: host-bound, so the writer
-falls behind the device and only the bound on batches in flight keeps memory flat; a fresh worker process
+Memory (1 process, batch 4, 0.05 s/image and no safety checker to stay short: host-bound, so the writers
+fall behind the device and only the bound on batches in flight keeps memory flat; a fresh worker process
 per run; RSS in MiB at the start of `generate`, after 100 images, after the last, and the process's peak):
 
 {table(MEMORY_HEADERS, [_memory_row(m) for m in memory])}
