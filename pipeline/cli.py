@@ -12,6 +12,8 @@ import click
 from .cells import MAX_IMAGES
 from .config import DTYPES, INJECTIONS, LOG_FORMATS, Config, ConfigError, load_config
 from .exits import ExitCode, epilog
+from .export import DEFAULT_SHARD_SIZE as EXPORT_SHARD_SIZE
+from .export import FORMATS as EXPORT_FORMATS
 from .schedulers import SCHEDULER_NAMES
 from .sprite_settings import MAX_SIDE
 from .storage import display
@@ -249,12 +251,21 @@ def _generate(watch, input_path, out_dir, config_path, shard, log_format, make_r
         out = display(out_dir).rstrip("/")
         log.event("done", f"images in {out}/images, manifest in {out}/manifest.parquet")
     if make_report and summary.manifest_written:
-        from .report import build_report
-        from .storage import Storage
-
-        page, _ = build_report(Storage(out_dir))
-        log.event("report", f"open {page} in a browser")
+        _report_after_run(out_dir, log)
     sys.exit(summary.exit_code)
+
+
+def _report_after_run(out_dir: str, log) -> None:
+    """--report: a report that cannot be built is a warning; the run's images and exit code stand."""
+    from .report import build_report
+    from .storage import Storage
+
+    try:
+        page, _ = build_report(Storage(out_dir))
+    except Exception as exc:
+        log.event("report_failed", f"{type(exc).__name__}: {exc}; rerun `layerdiffuse report {display(out_dir)}`")
+        return
+    log.event("report", f"open {page} in a browser")
 
 
 def _notify_config(config_path, flags: dict):
@@ -367,7 +378,7 @@ def _read_folder(function, out_dir: str):
 
     storage = Storage(out_dir)
     if not storage.exists(KEYS) and not storage.exists(RUN_INFO):
-        message = f"{out_dir}: not an output folder of `layerdiffuse generate` ({storage.shown(KEYS)} missing)"
+        message = f"{display(out_dir)}: not an output folder of `layerdiffuse generate` ({storage.shown(KEYS)} missing)"
         raise ExitError(message, ExitCode.USAGE)
     return function(storage)
 
@@ -430,7 +441,7 @@ def report_command(out_dir, background, sheet_count):
 
 
 @cli.command("sprites", epilog=epilog("sprites"))
-@click.argument("out_dir", metavar="DIR")
+@click.argument("out_dir", metavar="DIR", callback=_location)
 @click.option("--config", "config_path", type=click.Path(path_type=Path),
               help="YAML config: its sprites: section (flags override it) and run.png_compress_level.")  # fmt: skip
 @sprite_options
@@ -478,7 +489,7 @@ def sprites_command(out_dir, config_path, remove, **flags):
 
 
 @cli.command("atlas", epilog=epilog("atlas"))
-@click.argument("out_dir", metavar="DIR")
+@click.argument("out_dir", metavar="DIR", callback=_location)
 @click.option("--label", metavar="L", help="Only the sprites of this size label (default: every label).")
 @click.option("--max-size", default=2048, show_default=True, type=click.IntRange(1, 16384), metavar="N",
               help="Largest sheet side in pixels; more sheets when the sprites need them.")  # fmt: skip
@@ -504,7 +515,7 @@ def atlas_command(out_dir, label, max_size, padding, trim, name):
         packed = _read_folder(lambda d: pack_folder(d, label, max_size, padding, trim, name), out_dir)
     except AtlasError as exc:
         raise ExitError(str(exc), ExitCode.USAGE) from None
-    out = out_dir.rstrip("/")
+    out = display(out_dir).rstrip("/")
     for sheet in packed:
         files = ", ".join(f"{out}/{f}" for f in sheet.files if f.endswith(".json"))
         click.echo(f"{sheet.label}: {sheet.frames} frames in {files}")
@@ -527,12 +538,13 @@ def build_tiny(folder, seed):
     click.echo(build_tiny_model(folder, seed))
 
 
-@cli.command("export")
-@click.argument("source", metavar="DIR")
-@click.option("--format", "fmt", required=True, type=click.Choice(["webdataset", "imagefolder", "parquet"]),
+@cli.command("export", epilog=epilog("export"))
+@click.argument("source", metavar="DIR", callback=_location)
+@click.option("--format", "fmt", required=True, type=click.Choice(list(EXPORT_FORMATS)),
               help="tar shards, a Hugging Face imagefolder, or Parquet with Image columns.")  # fmt: skip
-@click.option("--to", "dest", required=True, metavar="DEST", help="Empty folder or fsspec URL (s3://, gs://, hf://).")
-@click.option("--shard-size", default=1000, show_default=True, type=click.IntRange(min=1),
+@click.option("--to", "dest", required=True, metavar="DEST", callback=_location,
+              help="Empty folder or fsspec URL (s3://, gs://, hf://).")  # fmt: skip
+@click.option("--shard-size", default=EXPORT_SHARD_SIZE, show_default=True, type=click.IntRange(min=1),
               help="Samples per tar / Parquet file, images per imagefolder subfolder.")  # fmt: skip
 @click.option("--include-flagged", is_flag=True, help="Also export flagged rows (transparent placeholder PNGs).")
 @click.option("--overwrite", is_flag=True, help="Delete what DEST holds first (otherwise it must be empty).")
@@ -541,8 +553,7 @@ def export_command(source, fmt, dest, shard_size, include_flagged, overwrite):
 
     Rows with status ok are exported; failed and invalid rows never, flagged rows only with
     --include-flagged. DIR and DEST may be local paths or fsspec URLs; every file appears whole,
-    and DEST/export.json (counts and shards) is written last. Exit codes: 0 done, 2 DIR or a flag
-    is wrong (or DEST not empty), 6 DEST cannot be written.
+    and DEST/export.json (counts and shards) is written last.
 
     \b
     Examples:
@@ -557,7 +568,8 @@ def export_command(source, fmt, dest, shard_size, include_flagged, overwrite):
     except ExportError as exc:
         raise ExitError(str(exc), exc.exit_code) from None
     skipped = ", ".join(f"{count} {reason}" for reason, count in sorted(summary.skipped.items())) or "none"
-    click.echo(f"exported {summary.rows} rows as {fmt} to {dest} ({len(summary.files)} files; left out: {skipped})")
+    files = len(summary.files)
+    click.echo(f"exported {summary.rows} rows as {fmt} to {summary.dest} ({files} files; left out: {skipped})")
 
 
 def main():

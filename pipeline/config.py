@@ -71,7 +71,8 @@ class Defaults:
 
 @dataclass(frozen=True)
 class RunConfig:
-    """How the work is done; of these only `tta` decides pixels (`batch_size` may move low bits)."""
+    """How the work is done; of these only `tta` decides pixels (`batch_size` and `decoder_sub_batch` may move
+    low bits)."""
 
     batch_size: int = 1
     tta: bool = True

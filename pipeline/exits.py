@@ -63,6 +63,11 @@ MEANINGS: dict[str, dict[ExitCode, str]] = {
         ExitCode.OK: "the sheets and their JSON files were written",
         ExitCode.USAGE: f"{_NOT_A_FOLDER}, it has no sprites (of that label), or a sprite is larger than --max-size",
     },
+    "export": {
+        ExitCode.OK: "every selected row was exported; DEST/export.json was written last",
+        ExitCode.USAGE: "DIR is not a finished output folder, an image differs from its record, or DEST is not empty",
+        ExitCode.OUTPUT: "DEST cannot be written",
+    },
 }
 
 

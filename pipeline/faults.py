@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 from collections import Counter
 
 ENV = "LAYERDIFFUSE_FAULT"
@@ -27,11 +28,14 @@ MOMENTS = (
 )
 _target, _, _count = os.environ.get(ENV, "").partition(":")
 _reached: Counter = Counter()
+_counting = threading.Lock()  # post-processing threads reach some moments
 
 
 def fault_point(moment: str) -> None:
     if moment != _target:
         return
-    _reached[moment] += 1
-    if _reached[moment] >= int(_count or 1):
+    with _counting:
+        _reached[moment] += 1
+        reached = _reached[moment]
+    if reached >= int(_count or 1):
         os.kill(os.getpid(), signal.SIGKILL)

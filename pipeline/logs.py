@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+import threading
 import time
 from contextlib import contextmanager
 from datetime import datetime, timezone
@@ -23,6 +24,8 @@ class Log:
         self.rank = rank
         self.stream = stream or sys.stderr
         self._bar = None
+        # events come from the model's thread, the post-processing committer and signal handlers (re-entrant)
+        self._lock = threading.RLock()
 
     def event(self, name: str, message: str = "", **fields) -> None:
         if self.fmt == "json":
@@ -35,10 +38,12 @@ class Log:
             prefix = f"[rank {self.rank}] " if self.rank else ""
             gap = "  " if message and details else ""
             line = f"{time.strftime('%H:%M:%S')} {prefix}{name}: {message}{gap}{details}"
-        if self._bar is None:
-            print(line, file=self.stream, flush=True)
-        elif name not in SHOWN_BY_BAR:
-            self._bar.write(line, file=self.stream)  # above the bar, which is redrawn below
+        with self._lock:  # one write per line: lines from two threads never interleave
+            if self._bar is None:
+                self.stream.write(line + "\n")
+                self.stream.flush()
+            elif name not in SHOWN_BY_BAR:
+                self._bar.write(line, file=self.stream)  # above the bar, which is redrawn below
 
     @contextmanager
     def progress(self, total: int, desc: str = "images"):

@@ -52,7 +52,7 @@ class PartWriter:
 
     Locally each record is appended and fsynced. Object stores cannot append: there the records of each
     batch go up as one more object (`<part>.000001.jsonl`, ...) by `flush`, after their images.
-    Safe to append from the writer threads and the main thread.
+    Appended by one thread at a time (the post-processing committer, or the main thread for invalid rows).
     """
 
     def __init__(self, storage: Storage, stem: str):
@@ -108,9 +108,11 @@ class PartWriter:
         fault_point("record_appended")
 
     def close(self) -> None:
-        self.flush()
-        if self._handle is not None:
-            self._handle.close()
+        try:
+            self.flush()
+        finally:
+            if self._handle is not None:
+                self._handle.close()
 
     def __enter__(self) -> PartWriter:
         return self

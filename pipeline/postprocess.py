@@ -1,7 +1,7 @@
 """What follows generation, beside it: the safety check, PNG encoding, writing and hashing, sprites, records.
 
 The model's thread hands each generated batch over (`PostProcessor.submit`) and goes on with the next. A few
-threads do the host work (all of it runs in C with the GIL released: zlib, sha256, numpy, file writes), and
+threads do the host work (most of it runs in C with the GIL released: zlib, sha256, numpy, file writes), and
 one committer appends the records strictly in batch and row order, each only after its image and sprites are
 in place, exactly as a run without threads does. At most IN_FLIGHT batches wait or work at once, so memory
 stays flat; the first error (a full disk, too many failures, a bug) stops the records and is raised on the
@@ -63,6 +63,7 @@ class PostProcessor:
                  advance: Callable[[], object] = lambda: None):  # fmt: skip
         self._job, self._part, self._provenance, self._png = job, part, provenance, png
         self._checker, self._advance = checker, advance
+        self._checking = threading.Lock()  # one checker call at a time: its device memory stays that of one batch
         self._pool: Executor = ThreadPoolExecutor(threads, thread_name_prefix="post") if threads else _InTurn()
         self._error: BaseException | None = None
         self._abandoned = threading.Event()
@@ -111,9 +112,10 @@ class PostProcessor:
         self.raise_error()
 
     def _abandon(self) -> None:
-        """Stop at the next record: work not yet started is dropped; files without records are redone later."""
+        """Stop at the next record: work not yet started is dropped, writes under way end (before the folder's
+        lock is let go); files without records are redone later."""
         self._abandoned.set()
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        self._pool.shutdown(wait=True, cancel_futures=True)
         if self._committer and self._committer.is_alive():
             self._queue.put(None)
             self._committer.join()
@@ -146,7 +148,8 @@ class PostProcessor:
 
         from .model import screen
 
-        images, flags = screen(self._checker, rows, np.stack([r.rgba for r in rendered]))
+        with self._checking:
+            images, flags = screen(self._checker, rows, np.stack([r.rgba for r in rendered]))
         pairs = zip(images, flags, strict=True)
         return [Flagged(rgba) if flag else Rendered(rgba, checked=True) for rgba, flag in pairs]
 
@@ -186,26 +189,28 @@ class PostProcessor:
 
     def _commit(self, handed: _Handed) -> None:
         """The batch's records in row order, each once its files are in place; then its log goes up (object
-        stores) and the batch counts as recorded."""
-        wrote = False
+        stores), the batch counts as recorded, and only then go the sprite files its new records replace."""
+        replaced = []
         for row, (outcome, writing) in zip(handed.batch.rows, handed.prepared.result(), strict=True):
             if self._abandoned.is_set():
                 return
             if isinstance(outcome, Failed):
                 self._record_failure(row, handed.batch, outcome)
             elif not isinstance(outcome, Skipped):
-                self._record_image(row, handed.batch, outcome, writing.result(), handed.share)
-                wrote = True
+                written = writing.result()
+                self._record_image(row, handed.batch, outcome, written, handed.share)
+                replaced.append((self._job.old_sprites.get(row.key), written.sprites))
         self._part.flush()
-        if wrote:
+        if replaced:
             fault_point("batch_recorded")
+        for old, new in replaced:
+            remove_replaced(self._job.storage, old, new)
 
     def _record_image(self, row: Row, batch: Batch, outcome, written: Written, share: float) -> None:
         job = self._job
         request = job.identity.request_hash(row, batch.loras.key)
         self._part.append(manifest_record(row, outcome, request_hash=request, batch=batch, written=written,
                                           provenance=self._provenance, generation_seconds=share))  # fmt: skip
-        remove_replaced(job.storage, job.old_sprites.get(row.key), written.sprites)
         job.summary.ok += 1
         job.summary.flagged += isinstance(outcome, Flagged)
         self._advance()

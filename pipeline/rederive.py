@@ -27,6 +27,7 @@ from .sprite_settings import SpriteSettings
 from .storage import Storage
 
 STATE = ["id", "status", "image", "sprites"]
+REMOVE_EVERY = 256  # records sent up (object stores) before the sprite files they replace are deleted
 
 
 @dataclass(frozen=True)
@@ -75,17 +76,31 @@ def rederive(storage: Storage, records: list[dict], settings: SpriteSettings, co
     for n, (context, group) in enumerate(_by_context(records).items()):
         with PartWriter(storage, f"{stem}-sprites{n}") as part:
             part.set_context(**json.loads(context))
+            replaced: list[tuple] = []
             for record in group:
                 if stop is not None and stop.is_set():
-                    return done
+                    break
                 url = record["image"]["url"]
                 new = write_sprites(storage, url, read_rgba(storage, url), settings, compress_level) \
                     if settings.active else None  # fmt: skip
                 part.append({**record, "sprites": new})
-                remove_replaced(storage, record.get("sprites"), new)
+                replaced.append((record.get("sprites"), new))
                 done += 1
+                if len(replaced) == REMOVE_EVERY:
+                    _remove_recorded(storage, part, replaced)
+            _remove_recorded(storage, part, replaced)
+        if stop is not None and stop.is_set():
+            return done
     prune_folders(storage)
     return done
+
+
+def _remove_recorded(storage: Storage, part: PartWriter, replaced: list[tuple]) -> None:
+    """Old sprite files go once the records that replace them are stored (on object stores: sent up)."""
+    part.flush()
+    for old, new in replaced:
+        remove_replaced(storage, old, new)
+    replaced.clear()
 
 
 def _by_context(records: list[dict]) -> dict[str, list[dict]]:

@@ -1,5 +1,5 @@
-"""The one short loop that composes the stages:
-table -> rows -> plan -> this process's share of what is not done -> batches -> model -> writer -> manifest."""
+"""The one short loop that composes the stages: table -> rows -> plan -> this process's share of what is not
+done -> batches -> model -> post-processing (safety check, PNG writes, sprites, records) -> manifest."""
 
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ from .postprocess import TooManyFailures as TooManyFailures  # a run's errors ar
 from .records import NO_LORAS, PARAM_COLUMNS, Batch
 from .schedulers import SCHEDULERS
 from .sharding import Process, candidates, current_process, my_share
-from .sprite_files import sprite_plan
+from .sprite_files import SPRITES, sprite_plan
 from .storage import Storage, display, remove_stale_temporaries
 from .table import Table, TableError, load_table
 from .writer import IMAGES, PngSettings, a1111_model_fields
@@ -228,7 +228,8 @@ def _pending(storage: Storage, table: Table, identity: Identity, batches: list[l
 def _prepare_folder(job: Job, table: Table, part: PartWriter) -> None:
     storage = job.storage
     if storage.is_local:
-        remove_stale_temporaries(storage.local(IMAGES))
+        for folder, depth in (("", 2), (IMAGES, 2), (SPRITES, 3)):  # e.g. stats/, images/00000/, sprites/64/00000/
+            remove_stale_temporaries(storage.local(folder), depth=depth)
     if job.batches or job.restyle:  # the old manifest would describe files this run replaces: rewritten at the end
         for name in (MANIFEST_JSONL, MANIFEST_PARQUET):
             storage.remove(name)
@@ -284,6 +285,7 @@ def _render(job: Job, part: PartWriter, stop: threading.Event) -> None:
         PostProcessor(job, part, provenance, png, model.safety_checker, threads, advance) as post,
     ):
         for batch in job.batches:
+            post.raise_error()  # e.g. too many failures: no more batches are generated
             if stop.is_set():  # what was handed over is still checked, written and recorded
                 job.summary.interrupted = True
                 log.event("interrupted", "stopped after the last finished batch; rerun to continue")

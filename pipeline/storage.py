@@ -123,17 +123,19 @@ class Storage:
             self.fs.pipe_file(self.path(relative), data)
 
     @contextmanager
-    def _remote_errors(self, relative: str):
+    def _remote_errors(self, relative: str, doing: str = "write"):
         try:
             yield
         except FileNotFoundError as exc:
-            message = f"cannot write {self.shown(relative)}: {exc} (does the bucket exist?)"
+            if doing == "remove":
+                raise
+            message = f"cannot {doing} {self.shown(relative)}: {exc} (does the bucket exist?)"
             raise OutputError(exc.errno, message) from exc
         except PermissionError as exc:
-            message = f"cannot write {self.shown(relative)}: access denied; check the storage's credentials"
+            message = f"cannot {doing} {self.shown(relative)}: access denied; check the storage's credentials"
             raise OutputError(exc.errno, message) from exc
         except OSError as exc:
-            raise OutputError(exc.errno, f"cannot write {self.shown(relative)}: {exc}") from exc
+            raise OutputError(exc.errno, f"cannot {doing} {self.shown(relative)}: {exc}") from exc
 
     @contextmanager
     def open_atomic(self, relative: str, moment: str | None = None):
@@ -161,7 +163,7 @@ class Storage:
             os.sync()
 
     def remove(self, relative: str) -> None:
-        with suppress(FileNotFoundError):
+        with suppress(FileNotFoundError), self._remote_errors(relative, "remove"):
             self.fs.rm_file(self.path(relative))
 
     def sizes(self, folder: str) -> dict[str, int]:
@@ -225,15 +227,15 @@ def _written(handle) -> int:
         return 0
 
 
-def remove_stale_temporaries(folder: Path, max_age_elsewhere: float = 3600) -> int:
-    """Delete temporary files that killed writers left behind (in `folder` and its subfolders).
+def remove_stale_temporaries(folder: Path, max_age_elsewhere: float = 3600, depth: int = 2) -> int:
+    """Delete temporary files that killed writers left behind (in `folder` and `depth - 1` levels below it).
 
     Temporary names carry the writer's host and pid: on this host a file is stale when its process is
     gone; a file from another host (shared folders) when it is older than `max_age_elsewhere` seconds.
     """
     removed = 0
     here = _owner_tag().split("@")[0]
-    for path in [*folder.glob(".*.tmp"), *folder.glob("*/.*.tmp")]:
+    for path in (p for level in range(depth) for p in folder.glob("*/" * level + ".*.tmp")):
         host, pid = _owner(path.name)
         try:
             if host == here:

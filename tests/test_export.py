@@ -249,7 +249,7 @@ def test_a_folder_without_manifest_is_named(tmp_path):
     assert result.exit_code == 2
     assert "no manifest.parquet" in result.output and "layerdiffuse merge" in result.output
     result = CliRunner().invoke(cli, ["export", "nosuchproto://x", "--format", "parquet", "--to", str(tmp_path / "o")])
-    assert result.exit_code == 2 and "DIR nosuchproto://x: not a storage location fsspec knows" in result.output
+    assert result.exit_code == 2 and "'DIR': nosuchproto://x: not a storage location fsspec knows" in result.output
 
 
 @given(st.text(string.ascii_letters + string.digits + "._-", min_size=1, max_size=40))

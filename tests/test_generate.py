@@ -288,9 +288,14 @@ def test_temporary_files_of_a_killed_run_are_removed(tmp_path, tiny_config_file)
     live.write_bytes(b"in flight")
     far = images / ".far.png.otherhost@1.ghi789.tmp"
     far.write_bytes(b"from another machine, recent: kept")
+    elsewhere = [tmp_path / "out" / "sprites" / "64" / "00000", tmp_path / "out" / "stats"]  # killed sprite writes too
+    for folder in elsewhere:
+        folder.mkdir(parents=True)
+        (folder / leftover.name).write_bytes(b"half a file")
     assert run("generate", tmp_path / "t.csv", "--out", tmp_path / "out", config=tiny_config_file).exit_code == 0
     assert sorted(p.name for p in images.iterdir()) == sorted([live.name, far.name, "00000"])
     assert [p.name for p in (images / "00000").iterdir()] == ["row-000001.png"]
+    assert not [p for folder in elsewhere for p in folder.iterdir() if p.name.endswith(".tmp")]
 
 
 def test_a_rerun_with_nothing_to_do_imports_no_torch(own_run, tiny_config, tmp_path):

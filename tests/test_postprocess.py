@@ -207,3 +207,38 @@ def test_writer_threads_by_device_and_checked(tmp_path):
         (tmp_path / "c.yaml").write_text(yaml.safe_dump({"run": {"writer_threads": value}}))
         with pytest.raises(ConfigError, match="run.writer_threads must be >= 0"):
             load_config(tmp_path / "c.yaml")
+
+
+class SlowStream:
+    """A log reader that lags (a pipe to a log shipper): each write lets other threads run."""
+
+    def __init__(self):
+        self.parts: list[str] = []
+
+    def write(self, text: str) -> int:
+        time.sleep(0.0001)
+        self.parts.append(text)
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+
+def test_json_log_lines_from_two_threads_never_interleave():
+    """The model's thread and the committer both log: every line is one whole JSON object."""
+    stream = SlowStream()
+    log = Log("json", stream=stream)
+
+    def chatter(name):
+        for i in range(500):
+            log.event(name, "x" * (i % 50), index=i)
+
+    threads = [threading.Thread(target=chatter, args=(n,)) for n in ("batch_done", "row_failed")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    events = [json.loads(line) for line in "".join(stream.parts).splitlines()]
+    assert len(events) == 1000
+    for name in ("batch_done", "row_failed"):
+        assert [e["index"] for e in events if e["event"] == name] == list(range(500))

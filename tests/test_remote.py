@@ -174,6 +174,19 @@ def test_bad_locations_are_clear_errors(bucket, tmp_path, tiny_config_file):
     assert hidden.returncode == 2 and SECRET not in hidden.stderr
 
 
+@pytest.mark.parametrize("command", [["status"], ["report"], ["merge"], ["sprites", "--trim"], ["atlas"],
+                                     ["export", "--format", "parquet", "--to", "memory://e"]])  # fmt: skip
+def test_folder_commands_name_a_folder_without_its_credentials(bucket, command):
+    from click.testing import CliRunner
+
+    from pipeline.cli import cli
+
+    name, *flags = command
+    result = CliRunner().invoke(cli, [name, f"s3://user:{SECRET}@{bucket}/none", *flags])
+    assert result.exit_code == 2, result.output
+    assert SECRET not in result.output and f"s3://{bucket}/none" in result.output
+
+
 def test_memory_storage_logs_in_whole_objects_and_merges():
     storage = Storage(f"memory://runs/{uuid.uuid4().hex}")
     records = [{"id": k, "row": i + 1, "status": "failed", "error": "boom", "category": i} for i, k in enumerate("abc")]

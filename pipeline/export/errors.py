@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-EXIT_USAGE = 2  # the source is not a finished output folder, a flag is wrong, DEST is not empty
-EXIT_OUTPUT = 6  # DEST cannot be written (missing bucket, denied, disk full, ...)
+from ..exits import ExitCode
+
+EXIT_USAGE = ExitCode.USAGE  # the source is not a finished output folder, a flag is wrong, DEST is not empty
+EXIT_OUTPUT = ExitCode.OUTPUT  # DEST cannot be written (missing bucket, denied, disk full, ...)
 
 
 class ExportError(Exception):

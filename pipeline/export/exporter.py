@@ -10,7 +10,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 
 from ..logs import utc_now
-from ..storage import OutputError, Storage
+from ..storage import OutputError, Storage, display
 from .destination import open_destination
 from .errors import EXIT_OUTPUT, ExportError
 from .shards import OutputFile
@@ -66,8 +66,8 @@ def export(
         files = write(samples(origin, rows), out, shard_size, origin.schema)
     except OutputError as exc:
         raise ExportError(str(exc), EXIT_OUTPUT) from None
-    summary = ExportSummary(fmt, str(source), str(dest), exported["rows"], dict(skipped), tuple(files),
-                            shard_size, include_flagged)  # fmt: skip
+    summary = ExportSummary(fmt, display(str(source)), display(str(dest)), exported["rows"], dict(skipped),
+                            tuple(files), shard_size, include_flagged)  # fmt: skip
     write_index(out, summary)
     return summary
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..records import Status
-from ..storage import StorageError, locate
+from ..storage import StorageError, display, locate, scrub
 from .errors import ExportError
 
 MANIFEST = "manifest.parquet"
@@ -33,7 +33,7 @@ class Sample:
 
 @dataclass(frozen=True)
 class Source:
-    url: str
+    shown: str  # the folder as messages name it (no credentials)
     fs: Any  # fsspec.AbstractFileSystem
     root: str
     schema: Any  # pyarrow.Schema of the manifest
@@ -56,11 +56,12 @@ def open_source(url: str) -> Source:
         with fs.open(posixpath.join(root, MANIFEST), "rb") as handle:
             schema = pq.read_schema(handle)
     except FileNotFoundError:
-        message = f"{url}: no {MANIFEST}, so not a finished output folder of `layerdiffuse generate`"
-        raise ExportError(f"{message} (finish the run, or assemble its manifest: `layerdiffuse merge {url}`)") from None
+        shown = display(url)
+        message = f"{shown}: no {MANIFEST}, so not a finished output folder of `layerdiffuse generate`"
+        raise ExportError(f"{message} (finish the run, or assemble it: `layerdiffuse merge {shown}`)") from None
     except (OSError, pa.ArrowInvalid) as exc:
-        raise ExportError(f"{url}: cannot read {MANIFEST}: {exc}") from None
-    return Source(url, fs, root, schema)
+        raise ExportError(scrub(f"{display(url)}: cannot read {MANIFEST}: {exc}", url)) from None
+    return Source(display(url), fs, root, schema)
 
 
 def manifest_records(source: Source) -> Iterator[dict]:
@@ -107,7 +108,7 @@ def samples(source: Source, records: Iterable[dict]) -> Iterator[Sample]:
 def read_sample(source: Source, record: dict) -> Sample:
     """The PNG as written by `generate`, checked against the sha256 in its record."""
     name = image_path(record)
-    where = f"{source.url}: {name} (manifest row {record.get('row')}, id {record.get('id')})"
+    where = f"{source.shown}: {name} (manifest row {record.get('row')}, id {record.get('id')})"
     try:
         data = source.fs.cat_file(source.path(name))
     except FileNotFoundError:

@@ -17,7 +17,6 @@ from .safetensors_header import HeaderError, SafetensorsHeader, read_header
 from .sources import ModelLoadError
 
 KOHYA_PREFIXES = ("lora_unet_", "lora_te1_", "lora_te2_", "lora_te_")
-PEFT_PREFIXES = ("unet.", "text_encoder.", "text_encoder_2.")
 DOWN_SUFFIXES = ("lora_down.weight", "lora_A.weight", ".lora.down.weight", "lora_linear_layer.down.weight")
 DIFFUSERS_LORA_FILE = "pytorch_lora_weights.safetensors"
 NEEDED = (

@@ -16,8 +16,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-DEFAULT_CHECKER = "CompVis/stable-diffusion-safety-checker"
-
 NEUTRAL_GREY = 127
 
 

@@ -18,6 +18,7 @@ import shutil
 import subprocess
 import sys
 import time
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -37,13 +38,11 @@ def tiny_png() -> bytes:
 
 
 def sprite_png() -> bytes:
-    """A 1024x1024 sprite-like RGBA PNG (soft disc with a gradient), about what LayerDiffuse produces."""
-    y, x = np.mgrid[0:1024, 0:1024] / 1024.0
-    r = np.hypot(x - 0.5, y - 0.5)
-    alpha = np.clip((0.42 - r) / 0.02, 0, 1)
-    rgba = np.stack([200 * (1 - y), 120 + 80 * x, 60 + 100 * y, 255 * alpha], -1).astype(np.uint8)
+    """A 1024x1024 sprite (the benchmark set's textured one, level 6 with RLE: what `generate` writes)."""
+    from .sprites import sprites
+
     buffer = io.BytesIO()
-    Image.fromarray(rgba, "RGBA").save(buffer, format="PNG", compress_level=6)
+    Image.fromarray(sprites()[1], "RGBA").save(buffer, format="PNG", compress_level=6, compress_type=zlib.Z_RLE)
     return buffer.getvalue()
 
 
@@ -250,7 +249,7 @@ def render(results: list[dict], png: bytes, seconds: float) -> str:
     return f"""## Dataset scale (`make bench-scale`)
 
 {machine()}; {seconds:.0f} s in all. Synthetic finished folders (eight shard logs, real records, every image a
-hard link of one {len(png) / 1e6:.1f} MB 1024x1024 sprite PNG, {SHARDS} part logs, numbered image folders). Each
+hard link of one {len(png) / 1024:.0f} KiB 1024x1024 sprite PNG, {SHARDS} part logs, numbered image folders). Each
 cell: wall time of the whole command (Python start-up and imports included) / its peak resident memory.
 
 {table(headers, rows)}
