@@ -16,7 +16,7 @@ from .export import DEFAULT_SHARD_SIZE as EXPORT_SHARD_SIZE
 from .export import FORMATS as EXPORT_FORMATS
 from .schedulers import SCHEDULER_NAMES
 from .sprite_settings import MAX_SIDE
-from .storage import display
+from .storage import display, scrub
 
 # Which config section each `generate` flag overrides.
 FLAG_SECTIONS = {
@@ -377,7 +377,12 @@ def _read_folder(function, out_dir: str):
     from .storage import Storage
 
     storage = Storage(out_dir)
-    if not storage.exists(KEYS) and not storage.exists(RUN_INFO):
+    try:
+        found = storage.exists(KEYS) or storage.exists(RUN_INFO)
+    except Exception as exc:  # the backend's own errors (a bad bucket name, no access): one line, no secrets
+        raise ExitError(scrub(f"{display(out_dir)}: cannot be read: {type(exc).__name__}: {exc}", out_dir),
+                        ExitCode.USAGE) from None  # fmt: skip
+    if not found:
         message = f"{display(out_dir)}: not an output folder of `layerdiffuse generate` ({storage.shown(KEYS)} missing)"
         raise ExitError(message, ExitCode.USAGE)
     return function(storage)

@@ -44,7 +44,6 @@ class Source:
 
 def open_source(url: str) -> Source:
     """The output folder at `url`, with its manifest's schema; a clear error when it is not one."""
-    import pyarrow as pa
     import pyarrow.parquet as pq
 
     try:
@@ -59,8 +58,8 @@ def open_source(url: str) -> Source:
         shown = display(url)
         message = f"{shown}: no {MANIFEST}, so not a finished output folder of `layerdiffuse generate`"
         raise ExportError(f"{message} (finish the run, or assemble it: `layerdiffuse merge {shown}`)") from None
-    except (OSError, pa.ArrowInvalid) as exc:
-        raise ExportError(scrub(f"{display(url)}: cannot read {MANIFEST}: {exc}", url)) from None
+    except Exception as exc:  # also the backend's own errors (a bad bucket name): one line, no secrets
+        raise ExportError(scrub(f"{display(url)}: cannot read {MANIFEST}: {type(exc).__name__}: {exc}", url)) from None
     return Source(display(url), fs, root, schema)
 
 
