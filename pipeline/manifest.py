@@ -29,6 +29,7 @@ STATE_COLUMNS = ["id", "status", "request_hash", "image", "sha256"]
 CHECKPOINT_SCHEMA = pa.schema([*PART_SCHEMA, *(SCHEMA.field(name) for name in CONTEXT_FIELDS)])
 _CONSUMED, _PASSTHROUGH = b"layerdiffuse.consumed", b"layerdiffuse.passthrough"
 CHUNK = 65_536  # rows per row group: memory stays flat while a million rows are written
+PIECE = 4_096  # rows turned into Python records at a time (~12 KB each as dicts, ~0.6 KB in Arrow)
 
 
 @dataclass(frozen=True)
@@ -63,6 +64,8 @@ def folder_state(storage: Storage, columns: list[str] | None = None) -> pa.Table
     """Every row's latest record (checkpoint, then the logs' new lines), one row per id, any order."""
     old, consumed = _checkpoint(storage, columns)
     new, _ = read_new(storage, consumed, columns)
+    if new.num_rows == 0:
+        return old  # the checkpoint holds one record per id
     return _latest(pa.concat_tables([old, new.select(old.column_names)]))
 
 
@@ -140,20 +143,23 @@ def _write(storage: Storage, ordered: pa.Table, passthrough: list[str], offsets:
         storage.open_atomic(MANIFEST_PARQUET) as handle,
         pq.ParquetWriter(handle, schema) as writer,
     ):
-        for chunk in _chunks(ordered):
-            records = [record_from_part(r) for r in chunk.to_pylist()]
-            writer.write_table(to_arrow(records, passthrough))
-            jsonl.write("".join(json.dumps(r, ensure_ascii=False, default=str) + "\n" for r in records).encode())
+        for chunk in _chunks(ordered, CHUNK):
+            tables = []
+            for piece in _chunks(chunk, PIECE):
+                records = [record_from_part(r) for r in piece.to_pylist()]
+                tables.append(to_arrow(records, passthrough))
+                jsonl.write("".join(json.dumps(r, ensure_ascii=False, default=str) + "\n" for r in records).encode())
+            writer.write_table(pa.concat_tables(tables))
     fault_point("manifest_jsonl_written")
     schema = CHECKPOINT_SCHEMA.with_metadata({_CONSUMED: json.dumps(offsets).encode()})
     with storage.open_atomic(CHECKPOINT) as handle, pq.ParquetWriter(handle, schema) as writer:
-        for chunk in _chunks(ordered):
+        for chunk in _chunks(ordered, CHUNK):
             writer.write_table(chunk.cast(schema))
 
 
-def _chunks(table: pa.Table):
-    for start in range(0, table.num_rows, CHUNK):
-        yield table.slice(start, CHUNK)
+def _chunks(table: pa.Table, rows: int):
+    for start in range(0, table.num_rows, rows):
+        yield table.slice(start, rows)
 
 
 def _parquet_bytes(table: pa.Table) -> bytes:

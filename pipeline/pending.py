@@ -45,7 +45,11 @@ def decide(storage: Storage, keys: list[str], state: pa.Table, hashes: list[str]
 
 
 def _present(storage: Storage, ok: list[bool], urls: list, sizes: list) -> list[bool]:
-    """Whether each ok row's image is on disk with its recorded size, from one listing per folder."""
+    """Whether each ok row's image is there with its recorded size: locally one stat per image (a shard pays
+    for its own rows only), on object stores one listing per folder (one request per thousand images)."""
+    if storage.is_local:
+        return [bool(good and url is not None and storage.size(url) == size)
+                for good, url, size in zip(ok, urls, sizes, strict=True)]  # fmt: skip
     listings: dict[str, dict[str, int]] = {}
     present = []
     for good, url, size in zip(ok, urls, sizes, strict=True):

@@ -166,6 +166,13 @@ class Storage:
         with suppress(FileNotFoundError), self._remote_errors(relative, "remove"):
             self.fs.rm_file(self.path(relative))
 
+    def size(self, relative: str) -> int | None:
+        """A local file's size from one stat (no file is opened); None when it is missing."""
+        try:
+            return os.stat(self.local(relative)).st_size
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+
     def sizes(self, folder: str) -> dict[str, int]:
         """{file name: size} of one folder, from one listing (no file is opened)."""
         if self.is_local:
