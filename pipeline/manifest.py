@@ -9,6 +9,7 @@ rewritten when nothing changed.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import pyarrow as pa
@@ -83,15 +84,14 @@ def merge(storage: Storage, keys: pa.Array | None = None, passthrough: list[str]
     new, offsets = read_new(storage, consumed)
     written = storage.exists(MANIFEST_PARQUET) and storage.exists(MANIFEST_JSONL)
     if new.num_rows == 0 and written and old.column("id").combine_chunks().equals(keys):
-        return Merged(len(keys), _unfinished(old), rewritten=False)
+        return Merged(len(keys), _unfinished(old.column("status")), rewritten=False)
     records = pa.concat_tables([old, new.select(old.column_names)])
     latest = _last_positions(records)
     take = pc.take(latest.column("__last"), pc.index_in(keys, latest.column("id")))
     if take.null_count:
         return None
-    ordered = records.take(take)
-    _write(storage, ordered, passthrough or [], offsets)
-    return Merged(len(keys), _unfinished(ordered), rewritten=True)
+    _write(storage, _in_order(records, take), passthrough or [], offsets)
+    return Merged(len(keys), _unfinished(records.column("status").take(take)), rewritten=True)
 
 
 def missing_keys(storage: Storage) -> list[str]:
@@ -130,11 +130,17 @@ def _latest(records: pa.Table) -> pa.Table:
     return records.take(_last_positions(records).column("__last"))
 
 
-def _unfinished(records: pa.Table) -> int:
-    return records.num_rows - pc.sum(pc.equal(records.column("status"), "ok")).as_py() if records.num_rows else 0
+def _unfinished(statuses: pa.ChunkedArray) -> int:
+    return len(statuses) - pc.sum(pc.equal(statuses, "ok")).as_py() if len(statuses) else 0
 
 
-def _write(storage: Storage, ordered: pa.Table, passthrough: list[str], offsets: dict[str, int]) -> None:
+def _in_order(records: pa.Table, take: pa.Array) -> Callable[[], Iterator[pa.Table]]:
+    """The records in `take` order, CHUNK rows at a time (never the whole reordered copy in memory)."""
+    return lambda: (records.take(take.slice(start, CHUNK)) for start in range(0, len(take), CHUNK))
+
+
+def _write(storage: Storage, ordered: Callable[[], Iterator[pa.Table]], passthrough: list[str],
+           offsets: dict[str, int]) -> None:  # fmt: skip
     """manifest.parquet, manifest.jsonl, then the checkpoint (last: until it lands, the logs still count),
     a chunk of rows at a time."""
     schema = to_arrow([], passthrough).schema
@@ -143,7 +149,7 @@ def _write(storage: Storage, ordered: pa.Table, passthrough: list[str], offsets:
         storage.open_atomic(MANIFEST_PARQUET) as handle,
         pq.ParquetWriter(handle, schema) as writer,
     ):
-        for chunk in _chunks(ordered, CHUNK):
+        for chunk in ordered():
             tables = []
             for piece in _chunks(chunk, PIECE):
                 records = [record_from_part(r) for r in piece.to_pylist()]
@@ -153,7 +159,7 @@ def _write(storage: Storage, ordered: pa.Table, passthrough: list[str], offsets:
     fault_point("manifest_jsonl_written")
     schema = CHECKPOINT_SCHEMA.with_metadata({_CONSUMED: json.dumps(offsets).encode()})
     with storage.open_atomic(CHECKPOINT) as handle, pq.ParquetWriter(handle, schema) as writer:
-        for chunk in _chunks(ordered, CHUNK):
+        for chunk in ordered():
             writer.write_table(chunk.cast(schema))
 
 

@@ -15,6 +15,7 @@ import io
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -170,13 +171,13 @@ def measure(command: list[str], stop_at: str | None = None) -> dict:
     wrapped = ["/usr/bin/time", "-f", "%e %M", *command]
     started = time.perf_counter()
     process = subprocess.Popen(wrapped, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               env={**os.environ, "HF_HUB_OFFLINE": "1"})  # fmt: skip
+                               env={**os.environ, "HF_HUB_OFFLINE": "1"}, start_new_session=True)  # fmt: skip
     lines = []
     for line in process.stderr:
         lines.append(line)
         if stop_at and f'"event": "{stop_at}"' in line:
             seconds = time.perf_counter() - started
-            process.kill()
+            os.killpg(process.pid, signal.SIGKILL)  # `time` and the command it runs
             process.wait()
             return {"seconds": round(seconds, 2), "rss_mb": None, "log": lines}
     process.wait()
@@ -224,11 +225,11 @@ def run_size(work: Path, rows: int, config: Path, png: bytes) -> dict:
     half = folder / "half"
     fabricate(half, table_path, config, png, done_every=2)
     result["generate_half"] = measure(cli("generate", table_path, "--out", half, *common), stop_at="batch_done")
-    shutil.rmtree(half)
+    shutil.rmtree(half, ignore_errors=True)
     result["manifest_mb"] = round((out / "manifest.parquet").stat().st_size / 1e6, 1)
-    shutil.rmtree(out)
+    shutil.rmtree(out, ignore_errors=True)
     result["exports"] = exports(folder, table_path, config, rows)
-    shutil.rmtree(folder)
+    shutil.rmtree(folder, ignore_errors=True)
     return result
 
 
