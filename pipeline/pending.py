@@ -1,8 +1,8 @@
 """Which rows are done, so that reruns skip them and redo only what is missing or changed.
 
 A row is done when its latest record is `ok`, for the same request, and its image exists with the recorded
-size: one stat per image locally, one listing per image folder on object stores; no image byte is read. `verify` also re-hashes the images (in parallel) and
-counts a file whose content changed as not done.
+size: one stat per image locally, one listing per image folder on object stores; no image byte is read.
+`verify` also re-hashes the images (in parallel) and counts a file whose content changed as not done.
 """
 
 from __future__ import annotations
