@@ -101,10 +101,21 @@ class Storage:
         return f"{display(self.location).rstrip('/')}/{relative}".rstrip("/")
 
     def exists(self, relative: str) -> bool:
-        return self.fs.exists(self.path(relative))
+        with self._denied(relative):
+            return self.fs.exists(self.path(relative))
 
     def read_bytes(self, relative: str) -> bytes:
-        return self.fs.cat_file(self.path(relative))
+        with self._denied(relative):
+            return self.fs.cat_file(self.path(relative))
+
+    @contextmanager
+    def _denied(self, relative: str):
+        """Refused credentials while reading are the output folder's error (exit 6), not a crash."""
+        try:
+            yield
+        except PermissionError as exc:
+            message = f"cannot read {self.shown(relative)}: access denied; check the storage's credentials"
+            raise OutputError(exc.errno, message) from None
 
     def makedirs(self, relative: str = "") -> None:
         if self.is_local:
@@ -183,7 +194,8 @@ class Storage:
                 return {}
         self.fs.invalidate_cache(self.path(folder))  # another process may have written since
         try:
-            listing = self.fs.ls(self.path(folder), detail=True)
+            with self._denied(folder):
+                listing = self.fs.ls(self.path(folder), detail=True)
         except FileNotFoundError:
             return {}
         return {e["name"].rstrip("/").rsplit("/", 1)[-1]: e["size"] for e in listing if e["type"] == "file"}

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 import uuid
 
 import pytest
@@ -204,3 +205,34 @@ def test_memory_storage_logs_in_whole_objects_and_merges():
     lines = [json.loads(x) for x in storage.read_bytes("manifest.jsonl").splitlines()]
     assert [(r["id"], r["category"], r["status"]) for r in lines] == [("c", 2, "failed"), ("a", 0, "failed"),
                                                                      ("b", 1, "failed")]  # fmt: skip
+
+
+@pytest.fixture
+def denying_s3(tmp_path):
+    """A real S3 API that checks credentials (moto's IAM, which knows none): every request is refused."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": "0"}
+    server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)], env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(200):
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.1).close()
+            break
+        except OSError:
+            time.sleep(0.05)
+    yield {"AWS_ACCESS_KEY_ID": "unknown", "AWS_SECRET_ACCESS_KEY": SECRET, "AWS_DEFAULT_REGION": "us-east-1",
+           "AWS_ENDPOINT_URL": url}  # fmt: skip
+    server.terminate()
+    server.wait()
+
+
+def test_denied_access_is_a_clear_output_error(denying_s3, tmp_path, tiny_config_file):
+    (tmp_path / "t.csv").write_text("prompt\na\n")
+    denied = generate(tmp_path / "t.csv", "s3://some-bucket/out", tiny_config_file, **denying_s3)
+    assert denied.returncode == 6, denied.stderr
+    assert "access denied; check the storage's credentials" in denied.stderr and SECRET not in denied.stderr
