@@ -138,8 +138,6 @@ class Storage:
         try:
             yield
         except FileNotFoundError as exc:
-            if doing == "remove":
-                raise
             message = f"cannot {doing} {self.shown(relative)}: {exc} (does the bucket exist?)"
             raise OutputError(exc.errno, message) from exc
         except PermissionError as exc:
@@ -174,7 +172,7 @@ class Storage:
             os.sync()
 
     def remove(self, relative: str) -> None:
-        with suppress(FileNotFoundError), self._remote_errors(relative, "remove"):
+        with self._remote_errors(relative, "remove"), suppress(FileNotFoundError):  # gone already: nothing to do
             self.fs.rm_file(self.path(relative))
 
     def size(self, relative: str) -> int | None:
