@@ -9,16 +9,15 @@ rewritten when nothing changed.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from .faults import fault_point
 from .parts import read_new, record_from_part
-from .schema import CONTEXT_FIELDS, PART_SCHEMA, SCHEMA, to_arrow
+from .schema import CONTEXT_FIELDS, PART_SCHEMA, SCHEMA, json_line, json_record, text_cell, to_arrow
 from .storage import Storage
 
 MANIFEST_JSONL = "manifest.jsonl"
@@ -31,6 +30,7 @@ CHECKPOINT_SCHEMA = pa.schema([*PART_SCHEMA, *(SCHEMA.field(name) for name in CO
 _CONSUMED, _PASSTHROUGH = b"layerdiffuse.consumed", b"layerdiffuse.passthrough"
 CHUNK = 65_536  # rows per row group: memory stays flat while a million rows are written
 PIECE = 4_096  # rows turned into Python records at a time (~12 KB each as dicts, ~0.6 KB in Arrow)
+_FINISHED_AT = SCHEMA.get_field_index("finished_at")
 
 
 @dataclass(frozen=True)
@@ -134,38 +134,43 @@ def _unfinished(statuses: pa.ChunkedArray) -> int:
     return len(statuses) - pc.sum(pc.equal(statuses, "ok")).as_py() if len(statuses) else 0
 
 
-def _in_order(records: pa.Table, take: pa.Array) -> Callable[[], Iterator[pa.Table]]:
+def _in_order(records: pa.Table, take: pa.Array) -> Iterator[pa.Table]:
     """The records in `take` order, CHUNK rows at a time (never the whole reordered copy in memory)."""
-    return lambda: (records.take(take.slice(start, CHUNK)) for start in range(0, len(take), CHUNK))
+    return (records.take(take.slice(start, CHUNK)) for start in range(0, len(take), CHUNK))
 
 
-def _write(storage: Storage, ordered: Callable[[], Iterator[pa.Table]], passthrough: list[str],
-           offsets: dict[str, int]) -> None:  # fmt: skip
-    """manifest.parquet, manifest.jsonl, then the checkpoint (last: until it lands, the logs still count),
-    a chunk of rows at a time."""
+def _write(storage: Storage, ordered: Iterator[pa.Table], passthrough: list[str], offsets: dict[str, int]) -> None:
+    """manifest.parquet, manifest.jsonl and the checkpoint in one pass, a chunk of rows at a time; they land in
+    that order (the checkpoint last: until it does, the logs still count)."""
     schema = to_arrow([], passthrough).schema
+    checkpoint_schema = CHECKPOINT_SCHEMA.with_metadata({_CONSUMED: json.dumps(offsets).encode()})
     with (
+        storage.open_atomic(CHECKPOINT, moment="manifest_jsonl_written") as checkpoint_handle,
         storage.open_atomic(MANIFEST_JSONL, moment="manifest_parquet_written") as jsonl,
-        storage.open_atomic(MANIFEST_PARQUET) as handle,
-        pq.ParquetWriter(handle, schema) as writer,
+        storage.open_atomic(MANIFEST_PARQUET) as parquet_handle,
+        pq.ParquetWriter(parquet_handle, schema) as parquet,
+        pq.ParquetWriter(checkpoint_handle, checkpoint_schema) as checkpoint,
     ):
-        for chunk in ordered():
-            tables = []
-            for piece in _chunks(chunk, PIECE):
-                records = [record_from_part(r) for r in piece.to_pylist()]
-                tables.append(to_arrow(records, passthrough))
-                jsonl.write("".join(json.dumps(r, ensure_ascii=False, default=str) + "\n" for r in records).encode())
-            writer.write_table(pa.concat_tables(tables))
-    fault_point("manifest_jsonl_written")
-    schema = CHECKPOINT_SCHEMA.with_metadata({_CONSUMED: json.dumps(offsets).encode()})
-    with storage.open_atomic(CHECKPOINT) as handle, pq.ParquetWriter(handle, schema) as writer:
-        for chunk in ordered():
-            writer.write_table(chunk.cast(schema))
+        for chunk in ordered:
+            extras = [json.loads(text) if text and text != "{}" else {} for text in chunk.column("extra").to_pylist()]
+            parquet.write_table(_manifest_table(chunk, extras, schema))
+            for start in range(0, chunk.num_rows, PIECE):
+                jsonl.write(_json_lines(chunk.slice(start, PIECE), extras[start : start + PIECE]))
+            checkpoint.write_table(chunk.cast(checkpoint_schema))
 
 
-def _chunks(table: pa.Table, rows: int):
-    for start in range(0, table.num_rows, rows):
-        yield table.slice(start, rows)
+def _manifest_table(records: pa.Table, extras: list[dict], schema: pa.Schema) -> pa.Table:
+    """Log records -> manifest rows, column by column: the passthrough cells come out of `extra` as text."""
+    passthrough = schema.names[len(SCHEMA) :]
+    texts = [pa.array([text_cell(extra.get(name)) for extra in extras], pa.string()) for name in passthrough]
+    return pa.Table.from_arrays([*records.select(SCHEMA.names).columns, *texts], schema=schema)
+
+
+def _json_lines(records: pa.Table, extras: list[dict]) -> bytes:
+    """Log records -> manifest.jsonl lines (`record_from_part`, with the timestamps formatted column-wise)."""
+    stamps = pc.strftime(records.column("finished_at"), "%Y-%m-%dT%H:%M:%SZ")  # milliseconds: json_record's form
+    rows = records.select(SCHEMA.names).set_column(_FINISHED_AT, "finished_at", stamps).to_pylist()
+    return b"".join(json_line({**json_record(row), **extra}) for row, extra in zip(rows, extras, strict=True))
 
 
 def _parquet_bytes(table: pa.Table) -> bytes:

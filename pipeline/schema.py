@@ -11,6 +11,7 @@ import json
 from dataclasses import fields
 from datetime import datetime
 
+import orjson
 import pyarrow as pa
 
 from .records import PARAM_COLUMNS
@@ -91,7 +92,7 @@ def to_arrow(records: list[dict], passthrough: list[str] | None = None) -> pa.Ta
     (`passthrough`: their names, in order; default: those the records carry)."""
     columns = [pa.array([_cell(name, r.get(name)) for r in records], type=f.type) for name, f in _fields()]
     extra = _passthrough_names(records) if passthrough is None else passthrough
-    columns += [pa.array([_text(r.get(name)) for r in records], pa.string()) for name in extra]
+    columns += [pa.array([text_cell(r.get(name)) for r in records], pa.string()) for name in extra]
     schema = SCHEMA
     for name in extra:
         schema = schema.append(pa.field(name, pa.string()))
@@ -105,6 +106,22 @@ def json_record(row: dict) -> dict:
     if isinstance(row.get("input"), str):
         row["input"] = json.loads(row["input"])
     return row
+
+
+def json_line(record: dict) -> bytes:
+    """A record as one line of manifest.jsonl. orjson is ~7x the standard encoder; integers beyond 64 bits,
+    which only an invalid row's raw cells can hold, go through the standard one."""
+    try:
+        return orjson.dumps(record, default=str, option=orjson.OPT_APPEND_NEWLINE)
+    except orjson.JSONEncodeError:
+        return (json.dumps(record, ensure_ascii=False, default=str) + "\n").encode()
+
+
+def text_cell(value) -> str | None:
+    """A passthrough cell as manifest.parquet holds it: text unchanged, any other value as its JSON."""
+    if value is None or isinstance(value, str):
+        return value
+    return json.dumps(value, ensure_ascii=False, default=str)
 
 
 def _fields():
@@ -124,9 +141,3 @@ def _passthrough_names(records: list[dict]) -> list[str]:
     for record in records:
         names.update(dict.fromkeys(k for k in record if k not in SCHEMA.names))
     return list(names)
-
-
-def _text(value) -> str | None:
-    if value is None or isinstance(value, str):
-        return value
-    return json.dumps(value, ensure_ascii=False, default=str)

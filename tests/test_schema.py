@@ -9,7 +9,7 @@ import pyarrow.parquet as pq
 from click.testing import CliRunner
 
 from pipeline.cli import cli
-from pipeline.schema import SCHEMA, VERSION
+from pipeline.schema import SCHEMA, VERSION, json_line
 
 MAX_SEED = 2**64 - 1
 
@@ -58,3 +58,17 @@ def test_largest_seed_survives_manifest_rerun_and_merge(tmp_path, tiny_config_fi
     assert pq.read_table(tmp_path / "out" / "manifest.parquet").column("seed").to_pylist() == [MAX_SEED]
     line = json.loads((tmp_path / "out" / "manifest.jsonl").read_text())
     assert line["seed"] == MAX_SEED
+
+
+def test_manifest_lines_keep_unicode_and_exact_cells(tmp_path, tiny_config_file):
+    rows = [{"id": "huge", "prompt": "a lamp", "seed": 2**70, "note": "ünïcode"}, {"id": "fine", "prompt": "a cup"}]
+    (tmp_path / "t.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert generate(tmp_path / "t.jsonl", tmp_path / "out", tiny_config_file).exit_code == 3
+    lines = (tmp_path / "out" / "manifest.jsonl").read_text(encoding="utf-8").splitlines()
+    records = {r["id"]: r for r in map(json.loads, lines)}
+    assert records["huge"]["status"] == "invalid" and records["huge"]["input"]["seed"] == str(2**70)
+    assert records["huge"]["note"] == "ünïcode" and records["fine"]["status"] == "ok"
+    assert records["fine"]["finished_at"].endswith("Z") and len(records["fine"]["finished_at"]) == 24
+    # Beyond what a table cell can hold, a line still says any integer exactly.
+    record = {"id": "x", "seed": MAX_SEED, "input": {"seed": 2**70}, "error": None}
+    assert json.loads(json_line(record)) == record
