@@ -12,6 +12,7 @@ import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -28,8 +29,8 @@ RUN_INFO = "run.json"
 STATE_COLUMNS = ["id", "status", "request_hash", "image", "sha256"]
 CHECKPOINT_SCHEMA = pa.schema([*PART_SCHEMA, *(SCHEMA.field(name) for name in CONTEXT_FIELDS)])
 _CONSUMED, _PASSTHROUGH = b"layerdiffuse.consumed", b"layerdiffuse.passthrough"
-CHUNK = 65_536  # rows per row group: memory stays flat while a million rows are written
-PIECE = 4_096  # rows turned into Python records at a time (~12 KB each as dicts, ~0.6 KB in Arrow)
+CHUNK = 16_384  # rows per row group: memory stays flat while a million rows are written
+PIECE = 1_024  # rows turned into Python records at a time (~12 KB each as dicts, ~0.6 KB in Arrow)
 _FINISHED_AT = SCHEMA.get_field_index("finished_at")
 
 
@@ -86,10 +87,11 @@ def merge(storage: Storage, keys: pa.Array | None = None, passthrough: list[str]
     if new.num_rows == 0 and written and old.column("id").combine_chunks().equals(keys):
         return Merged(len(keys), _unfinished(old.column("status")), rewritten=False)
     records = pa.concat_tables([old, new.select(old.column_names)])
-    latest = _last_positions(records)
-    take = pc.take(latest.column("__last"), pc.index_in(keys, latest.column("id")))
-    if take.null_count:
+    ids, last = _last_positions(records.column("id"))
+    where = pc.index_in(keys, ids)
+    if where.null_count:
         return None
+    take = last[where.to_numpy()]
     _write(storage, _in_order(records, take), passthrough or [], offsets)
     return Merged(len(keys), _unfinished(records.column("status").take(take)), rewritten=True)
 
@@ -109,7 +111,6 @@ def latest_records(storage: Storage) -> dict[str, dict]:
 def _checkpoint(storage: Storage, columns: list[str] | None = None) -> tuple[pa.Table, dict[str, int]]:
     """The checkpoint's records and the log offsets it consumed; none when it is missing or of an earlier
     schema (a field it lacks): the logs, which hold every record, are then read from their start."""
-    schema = CHECKPOINT_SCHEMA if columns is None else pa.schema([CHECKPOINT_SCHEMA.field(c) for c in columns])
     try:
         table = pq.read_table(storage.path(CHECKPOINT), filesystem=storage.fs, columns=columns)
     except (FileNotFoundError, OSError, pa.ArrowInvalid):
@@ -120,23 +121,42 @@ def _checkpoint(storage: Storage, columns: list[str] | None = None) -> tuple[pa.
     return table.replace_schema_metadata(None), json.loads(table.schema.metadata[_CONSUMED])
 
 
-def _last_positions(records: pa.Table) -> pa.Table:
-    """id -> position of its last record (later parts and later lines win)."""
-    order = pa.table({"id": records.column("id"), "__last": pa.array(range(records.num_rows), pa.int64())})
-    return order.group_by("id", use_threads=False).aggregate([("__last", "max")]).rename_columns(["id", "__last"])
+def _last_positions(ids: pa.ChunkedArray) -> tuple[pa.Array, np.ndarray]:
+    """(each distinct id, the position of its last record): later parts and later lines win."""
+    encoded = pc.dictionary_encode(ids.combine_chunks())
+    last = np.full(len(encoded.dictionary), -1, np.int64)
+    np.maximum.at(last, encoded.indices.to_numpy(), np.arange(len(ids)))
+    return encoded.dictionary, last
 
 
 def _latest(records: pa.Table) -> pa.Table:
-    return records.take(_last_positions(records).column("__last"))
+    return _gather(records, _last_positions(records.column("id"))[1])
 
 
 def _unfinished(statuses: pa.ChunkedArray) -> int:
     return len(statuses) - pc.sum(pc.equal(statuses, "ok")).as_py() if len(statuses) else 0
 
 
-def _in_order(records: pa.Table, take: pa.Array) -> Iterator[pa.Table]:
+def _in_order(records: pa.Table, take: np.ndarray) -> Iterator[pa.Table]:
     """The records in `take` order, CHUNK rows at a time (never the whole reordered copy in memory)."""
-    return (records.take(take.slice(start, CHUNK)) for start in range(0, len(take), CHUNK))
+    return (_gather(records, take[start : start + CHUNK]) for start in range(0, len(take), CHUNK))
+
+
+def _gather(records: pa.Table, rows: np.ndarray) -> pa.Table:
+    """`records.take(rows)` from each chunk in turn: Arrow's take first joins a text column's chunks into one,
+    a copy of the whole column on every call (and impossible beyond 2 GB of text)."""
+    if not len(rows):
+        return records.schema.empty_table()
+    batches = records.to_batches()
+    starts = np.cumsum([0, *map(len, batches)])
+    chunk = np.searchsorted(starts, rows, side="right") - 1
+    pieces, positions = [], []
+    for index in np.unique(chunk):
+        mine = np.flatnonzero(chunk == index)
+        pieces.append(batches[index].take(pa.array(rows[mine] - starts[index])))
+        positions.append(mine)
+    gathered = pa.Table.from_batches(pieces, schema=records.schema)
+    return gathered.take(pa.array(np.argsort(np.concatenate(positions))))
 
 
 def _write(storage: Storage, ordered: Iterator[pa.Table], passthrough: list[str], offsets: dict[str, int]) -> None:

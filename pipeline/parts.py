@@ -13,6 +13,7 @@ import json
 import os
 import re
 import threading
+from collections.abc import Iterator
 from datetime import datetime, timezone
 
 import pyarrow as pa
@@ -23,6 +24,7 @@ from .schema import CONTEXT_FIELDS, PART_SCHEMA, SCHEMA, json_record
 from .storage import OutputError, Storage
 
 PARTS = "parts"
+BLOCK = 4 << 20  # bytes of a log parsed at a time
 _SEGMENT = re.compile(r"(\.\d{6})?\.jsonl$")  # `<part>.jsonl`, or an object store's `<part>.000001.jsonl`
 
 
@@ -133,26 +135,41 @@ def read_new(storage: Storage, consumed: dict[str, int], columns: list[str] | No
     """
     sizes = storage.sizes(PARTS)
     schema = PART_SCHEMA if columns is None else pa.schema([PART_SCHEMA.field(c) for c in columns])
+    wanted = [SCHEMA.field(c) for c in CONTEXT_FIELDS if columns is None or c in columns]
     tables, offsets = [], dict(consumed)
     for name in part_names(storage):
-        start = consumed.get(name, 0)
-        if sizes[name] <= start:
+        offsets[name] = consumed.get(name, 0)
+        if sizes[name] <= offsets[name]:
             continue
-        data = _complete_lines(storage, f"{PARTS}/{name}", start)
-        offsets[name] = start + len(data)
-        if data:
-            tables.append(_read_part(storage, name, data, schema, columns))
+        context = _context(storage, name)
+        for data in _whole_lines(storage, f"{PARTS}/{name}", offsets[name]):
+            offsets[name] += len(data)
+            tables.append(_read_part(data, schema, wanted, context))
     if not tables:
-        wanted = [SCHEMA.field(c) for c in CONTEXT_FIELDS if columns is None or c in columns]
         return pa.schema([*schema, *wanted]).empty_table(), offsets
     return pa.concat_tables(tables), offsets
 
 
-def _complete_lines(storage: Storage, relative: str, start: int) -> bytes:
+def _whole_lines(storage: Storage, relative: str, start: int) -> Iterator[bytes]:
+    """The log's whole lines after byte `start`, about BLOCK bytes at a time (memory stays flat however long
+    a log grows); a line cut short at the end is left for the next read."""
     with storage.fs.open(storage.path(relative), "rb") as handle:
         handle.seek(start)
-        data = handle.read()
-    return data[: data.rfind(b"\n") + 1]
+        rest = b""
+        while block := handle.read(BLOCK):
+            data = rest + block
+            cut = data.rfind(b"\n") + 1
+            rest = data[cut:]
+            if cut:
+                yield data[:cut]
+
+
+def _context(storage: Storage, name: str) -> dict | None:
+    """What every record of a log shares; None for a log of an earlier version (whole records)."""
+    try:
+        return json.loads(storage.read_bytes(f"{PARTS}/{_SEGMENT.sub('', name)}.context.json"))
+    except FileNotFoundError:
+        return None
 
 
 def _parse(data: bytes, schema: pa.Schema) -> pa.Table:
@@ -177,12 +194,9 @@ def _parse_lines(data: bytes, schema: pa.Schema, options) -> pa.Table:
     return pa.concat_tables(tables) if tables else schema.empty_table()
 
 
-def _read_part(storage: Storage, name: str, data: bytes, schema: pa.Schema, columns: list[str] | None) -> pa.Table:
-    """Records of one log, with model, environment and rank from its context file."""
-    wanted = [SCHEMA.field(c) for c in CONTEXT_FIELDS if columns is None or c in columns]
-    try:
-        context = json.loads(storage.read_bytes(f"{PARTS}/{_SEGMENT.sub('', name)}.context.json"))
-    except FileNotFoundError:  # a log of an earlier version: whole records, context included
+def _read_part(data: bytes, schema: pa.Schema, wanted: list[pa.Field], context: dict | None) -> pa.Table:
+    """Records of a block of log lines, with the `wanted` context fields (model, environment, rank)."""
+    if context is None:
         return _legacy(data, schema, wanted)
     if not wanted:
         return _parse(data, schema)
