@@ -1,9 +1,10 @@
 """The manifest: every row's latest record, in input order, merged from the part logs.
 
 A merge writes `manifest.parquet` and `manifest.jsonl` for readers (only once every row has an outcome) and
-`parts/checkpoint.parquet`: the same records in the logs' own form with the byte offsets of the logs it
-consumed, so that later starts read the checkpoint's columns and only what the logs gained since. Nothing is
-rewritten when nothing changed.
+`parts/checkpoint.parquet`: the same records in the logs' own form (each process's context once, in the
+metadata) with the byte offsets of the logs it consumed, so that later starts read the checkpoint's columns and
+only what the logs gained since. Nothing is rewritten when nothing changed. At a million rows the records are
+~0.46 KB each in Arrow; nothing holds them as Python objects beyond a few thousand at a time.
 """
 
 from __future__ import annotations
@@ -17,8 +18,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from .parts import read_new, record_from_part
-from .schema import CONTEXT_FIELDS, PART_SCHEMA, SCHEMA, json_line, json_record, text_cell, to_arrow
+from .contexts import INDEX, Contexts
+from .parts import LOG_SCHEMA, read_new, record_from_part
+from .schema import CONTEXT_FIELDS, SCHEMA, json_line, json_record, text_cell, to_arrow
 from .storage import Storage
 
 MANIFEST_JSONL = "manifest.jsonl"
@@ -27,8 +29,7 @@ CHECKPOINT = "parts/checkpoint.parquet"
 KEYS = "parts/keys.parquet"
 RUN_INFO = "run.json"
 STATE_COLUMNS = ["id", "status", "request_hash", "image", "sha256"]
-CHECKPOINT_SCHEMA = pa.schema([*PART_SCHEMA, *(SCHEMA.field(name) for name in CONTEXT_FIELDS)])
-_CONSUMED, _PASSTHROUGH = b"layerdiffuse.consumed", b"layerdiffuse.passthrough"
+_CONSUMED, _CONTEXTS, _PASSTHROUGH = b"layerdiffuse.consumed", b"layerdiffuse.contexts", b"layerdiffuse.passthrough"
 CHUNK = 16_384  # rows per row group: memory stays flat while a million rows are written
 PIECE = 1_024  # rows turned into Python records at a time (~12 KB each as dicts, ~0.6 KB in Arrow)
 _FINISHED_AT = SCHEMA.get_field_index("finished_at")
@@ -64,11 +65,14 @@ def read_keys(storage: Storage) -> tuple[pa.Array, list[str]]:
 
 def folder_state(storage: Storage, columns: list[str] | None = None) -> pa.Table:
     """Every row's latest record (checkpoint, then the logs' new lines), one row per id, any order."""
-    old, consumed = _checkpoint(storage, columns)
-    new, _ = read_new(storage, consumed, columns)
-    if new.num_rows == 0:
-        return old  # the checkpoint holds one record per id
-    return _latest(pa.concat_tables([old, new.select(old.column_names)]))
+    stored = None if columns is None else [c for c in columns if c not in CONTEXT_FIELDS]
+    if stored is not None and len(stored) < len(columns):
+        stored.append(INDEX.name)
+    old, consumed, contexts = _checkpoint(storage, stored)
+    new, _ = read_new(storage, consumed, stored, contexts)
+    if new.num_rows:  # else the checkpoint holds one record per id
+        old = _latest(pa.concat_tables([old, new.select(old.column_names)]))
+    return contexts.attach(old, tuple(c for c in CONTEXT_FIELDS if columns is None or c in columns))
 
 
 def merge(storage: Storage, keys: pa.Array | None = None, passthrough: list[str] | None = None) -> Merged | None:
@@ -81,8 +85,8 @@ def merge(storage: Storage, keys: pa.Array | None = None, passthrough: list[str]
     keys = pa.array(keys, pa.string())
     if pc.any(pc.invert(pc.is_in(keys, folder_state(storage, ["id"]).column("id")))).as_py():
         return None  # a cheap look first: most processes of a launch finish before the last one
-    old, consumed = _checkpoint(storage)
-    new, offsets = read_new(storage, consumed)
+    old, consumed, contexts = _checkpoint(storage)
+    new, offsets = read_new(storage, consumed, contexts=contexts)
     written = storage.exists(MANIFEST_PARQUET) and storage.exists(MANIFEST_JSONL)
     if new.num_rows == 0 and written and old.column("id").combine_chunks().equals(keys):
         return Merged(len(keys), _unfinished(old.column("status")), rewritten=False)
@@ -92,7 +96,7 @@ def merge(storage: Storage, keys: pa.Array | None = None, passthrough: list[str]
     if where.null_count:
         return None
     take = last[where.to_numpy()]
-    _write(storage, _in_order(records, take), passthrough or [], offsets)
+    _write(storage, _in_order(records, take), passthrough or [], offsets, contexts)
     return Merged(len(keys), _unfinished(records.column("status").take(take)), rewritten=True)
 
 
@@ -108,17 +112,20 @@ def latest_records(storage: Storage) -> dict[str, dict]:
     return {r["id"]: r for r in map(record_from_part, folder_state(storage).to_pylist())}
 
 
-def _checkpoint(storage: Storage, columns: list[str] | None = None) -> tuple[pa.Table, dict[str, int]]:
-    """The checkpoint's records and the log offsets it consumed; none when it is missing or of an earlier
-    schema (a field it lacks): the logs, which hold every record, are then read from their start."""
+def _checkpoint(storage: Storage, columns: list[str] | None = None) -> tuple[pa.Table, dict[str, int], Contexts]:
+    """The checkpoint's records, the log offsets it consumed and the contexts its records index into; none when
+    it is missing or of an earlier schema (a field it lacks): the logs, which hold every record, are then read
+    from their start."""
+    schema = LOG_SCHEMA if columns is None else pa.schema([LOG_SCHEMA.field(c) for c in columns])
     try:
         table = pq.read_table(storage.path(CHECKPOINT), filesystem=storage.fs, columns=columns)
     except (FileNotFoundError, OSError, pa.ArrowInvalid):
         table = None
-    schema = CHECKPOINT_SCHEMA if columns is None else pa.schema([CHECKPOINT_SCHEMA.field(c) for c in columns])
-    if table is None or not table.schema.remove_metadata().equals(schema):  # none, or of another schema version:
-        return schema.empty_table(), {}  # the logs, never deleted, hold every record
-    return table.replace_schema_metadata(None), json.loads(table.schema.metadata[_CONSUMED])
+    metadata = {} if table is None else table.schema.metadata or {}
+    if table is None or not table.schema.remove_metadata().equals(schema) or _CONTEXTS not in metadata:
+        return schema.empty_table(), {}, Contexts()
+    contexts = Contexts(json.loads(metadata[_CONTEXTS]))
+    return table.replace_schema_metadata(None), json.loads(metadata[_CONSUMED]), contexts
 
 
 def _last_positions(ids: pa.ChunkedArray) -> tuple[pa.Array, np.ndarray]:
@@ -159,24 +166,26 @@ def _gather(records: pa.Table, rows: np.ndarray) -> pa.Table:
     return gathered.take(pa.array(np.argsort(np.concatenate(positions))))
 
 
-def _write(storage: Storage, ordered: Iterator[pa.Table], passthrough: list[str], offsets: dict[str, int]) -> None:
+def _write(storage: Storage, ordered: Iterator[pa.Table], passthrough: list[str], offsets: dict[str, int],
+           contexts: Contexts) -> None:  # fmt: skip
     """manifest.parquet, manifest.jsonl and the checkpoint in one pass, a chunk of rows at a time; they land in
     that order (the checkpoint last: until it does, the logs still count)."""
     schema = to_arrow([], passthrough).schema
-    checkpoint_schema = CHECKPOINT_SCHEMA.with_metadata({_CONSUMED: json.dumps(offsets).encode()})
+    metadata = {_CONSUMED: json.dumps(offsets).encode(), _CONTEXTS: contexts.to_json()}
     with (
         storage.open_atomic(CHECKPOINT, moment="manifest_jsonl_written") as checkpoint_handle,
         storage.open_atomic(MANIFEST_JSONL, moment="manifest_parquet_written") as jsonl,
         storage.open_atomic(MANIFEST_PARQUET) as parquet_handle,
         pq.ParquetWriter(parquet_handle, schema) as parquet,
-        pq.ParquetWriter(checkpoint_handle, checkpoint_schema) as checkpoint,
+        pq.ParquetWriter(checkpoint_handle, LOG_SCHEMA.with_metadata(metadata)) as checkpoint,
     ):
         for chunk in ordered:
+            checkpoint.write_table(chunk)
+            records = contexts.attach(chunk)
             extras = [json.loads(text) if text and text != "{}" else {} for text in chunk.column("extra").to_pylist()]
-            parquet.write_table(_manifest_table(chunk, extras, schema))
+            parquet.write_table(_manifest_table(records, extras, schema))
             for start in range(0, chunk.num_rows, PIECE):
-                jsonl.write(_json_lines(chunk.slice(start, PIECE), extras[start : start + PIECE]))
-            checkpoint.write_table(chunk.cast(checkpoint_schema))
+                jsonl.write(_json_lines(records.slice(start, PIECE), extras[start : start + PIECE]))
 
 
 def _manifest_table(records: pa.Table, extras: list[dict], schema: pa.Schema) -> pa.Table:

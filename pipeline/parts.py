@@ -19,11 +19,13 @@ from datetime import datetime, timezone
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from .contexts import INDEX, Contexts
 from .faults import fault_point
 from .schema import CONTEXT_FIELDS, PART_SCHEMA, SCHEMA, json_record
 from .storage import OutputError, Storage
 
 PARTS = "parts"
+LOG_SCHEMA = PART_SCHEMA.append(INDEX)  # records as read: each with the index of its context
 BLOCK = 4 << 20  # bytes of a log parsed at a time
 _SEGMENT = re.compile(r"(\.\d{6})?\.jsonl$")  # `<part>.jsonl`, or an object store's `<part>.000001.jsonl`
 
@@ -128,14 +130,20 @@ def part_names(storage: Storage) -> list[str]:
     return sorted(name for name in storage.sizes(PARTS) if name.endswith(".jsonl"))
 
 
-def read_new(storage: Storage, consumed: dict[str, int], columns: list[str] | None = None):
+def read_new(storage: Storage, consumed: dict[str, int], columns: list[str] | None = None,
+             contexts: Contexts | None = None):  # fmt: skip
     """(records appended after `consumed` byte offsets, as one table in log order; the new offsets).
 
-    `columns`: parse only these (a start needs five); default every column of a part.
+    `columns`: of LOG_SCHEMA, parse only these (a start needs five); default all. The `context` column indexes
+    into `contexts`, which the logs' contexts are added to.
     """
     sizes = storage.sizes(PARTS)
-    schema = PART_SCHEMA if columns is None else pa.schema([PART_SCHEMA.field(c) for c in columns])
-    wanted = [SCHEMA.field(c) for c in CONTEXT_FIELDS if columns is None or c in columns]
+    schema = LOG_SCHEMA if columns is None else pa.schema([LOG_SCHEMA.field(c) for c in columns])
+    if INDEX.name not in schema.names:
+        contexts = None
+    elif contexts is None:
+        raise ValueError("the context column needs the Contexts it indexes into")
+    parsed = pa.schema([f for f in schema if f.name != INDEX.name])
     tables, offsets = [], dict(consumed)
     for name in part_names(storage):
         offsets[name] = consumed.get(name, 0)
@@ -144,10 +152,10 @@ def read_new(storage: Storage, consumed: dict[str, int], columns: list[str] | No
         context = _context(storage, name)
         for data in _whole_lines(storage, f"{PARTS}/{name}", offsets[name]):
             offsets[name] += len(data)
-            tables.append(_read_part(data, schema, wanted, context))
+            tables.append(_read_part(data, parsed, context, contexts))
     if not tables:
-        return pa.schema([*schema, *wanted]).empty_table(), offsets
-    return pa.concat_tables(tables), offsets
+        return schema.empty_table(), offsets
+    return pa.concat_tables(tables).select(schema.names), offsets
 
 
 def _whole_lines(storage: Storage, relative: str, start: int) -> Iterator[bytes]:
@@ -194,22 +202,20 @@ def _parse_lines(data: bytes, schema: pa.Schema, options) -> pa.Table:
     return pa.concat_tables(tables) if tables else schema.empty_table()
 
 
-def _read_part(data: bytes, schema: pa.Schema, wanted: list[pa.Field], context: dict | None) -> pa.Table:
-    """Records of a block of log lines, with the `wanted` context fields (model, environment, rank)."""
+def _read_part(data: bytes, schema: pa.Schema, context: dict | None, contexts: Contexts | None) -> pa.Table:
+    """Records of a block of log lines; with `contexts`, each with the index of its context."""
     if context is None:
-        return _legacy(data, schema, wanted)
-    if not wanted:
+        return _legacy(data, schema, contexts)
+    if contexts is None:
         return _parse(data, schema)
     parsed = _parse(data, schema if "status" in schema.names else schema.append(PART_SCHEMA.field("status")))
     produced = pc.not_equal(parsed.column("status"), "invalid")  # invalid rows met no model
-    table = parsed.select(schema.names)
-    first = pc.if_else(produced, 0, pa.scalar(None, pa.int32()))  # index into the one-value array, or null
-    for field in wanted:
-        table = table.append_column(field, pc.take(pa.array([context.get(field.name)], field.type), first))
-    return table
+    index = pc.if_else(produced, pa.scalar(contexts.index(context), INDEX.type), pa.scalar(None, INDEX.type))
+    return parsed.select(schema.names).append_column(INDEX, index)
 
 
-def _legacy(data: bytes, schema: pa.Schema, wanted: list[pa.Field]) -> pa.Table:
+def _legacy(data: bytes, schema: pa.Schema, contexts: Contexts | None) -> pa.Table:
+    """Records of a log of an earlier version, whose every line held its context."""
     records = []
     for line in data.splitlines():
         try:
@@ -217,6 +223,7 @@ def _legacy(data: bytes, schema: pa.Schema, wanted: list[pa.Field]) -> pa.Table:
         except ValueError:
             continue
     table = _parse("".join(part_line(r) for r in records).encode(), schema)
-    for field in wanted:
-        table = table.append_column(field, pa.array([r.get(field.name) for r in records], field.type))
-    return table
+    if contexts is None:
+        return table
+    index = [contexts.index({name: r.get(name) for name in CONTEXT_FIELDS}) for r in records]
+    return table.append_column(INDEX, pa.array(index, INDEX.type))
