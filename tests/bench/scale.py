@@ -260,6 +260,8 @@ def render(results: list[dict], png: bytes, seconds: float) -> str:
                "merge of 8 shards", "report, first build", "report, cached thumbnails",
                "decision CPU s: 1 process / 4 shards"]  # fmt: skip
     per_row = [f"{r['rows']:,}: {round(r['merge']['rss_mb'] * 1e3 / r['rows'], 2)} KB/row" for r in results]
+    steps = zip(results, results[1:], strict=False)
+    marginal = [f"{a['rows']:,} to {b['rows']:,}: {_added_per_row(a, b)} KB/row" for a, b in steps]
     formats = ("webdataset", "parquet", "imagefolder")
     export_rows = [[f"{r['rows']:,}", *(cell(r["exports"].get(f)) for f in formats)] for r in results]
     return f"""## Dataset scale (`make bench-scale`)
@@ -275,10 +277,17 @@ Exports of the same folders (16x16 images, which exports copy; shard size 10,000
 
 {table(["rows", *formats], export_rows)}
 
-Peak memory of `merge` per row: {", ".join(per_row)}. "generate, half pending" stops at the first finished
-batch (tiny model, 64x64, one step). The report's first build makes every thumbnail (measured at 10k rows; it
-grows linearly: one listing per thumbnail folder, thumbnails made in parallel); later builds only list.
+Peak memory of `merge` per row: {", ".join(per_row)}; what each further row adds (from one size to the
+next, the interpreter and libraries left out): {", ".join(marginal) or "-"}. "generate, half pending" stops at
+the first finished batch (tiny model, 64x64, one step). The report's first build makes every thumbnail
+(measured at 10k rows; it grows linearly: one listing per thumbnail folder, thumbnails made in parallel); later
+builds only list.
 """
+
+
+def _added_per_row(smaller: dict, larger: dict) -> float:
+    added = larger["merge"]["rss_mb"] - smaller["merge"]["rss_mb"]
+    return round(added * 1e3 / (larger["rows"] - smaller["rows"]), 2)
 
 
 def main() -> None:
