@@ -203,6 +203,10 @@ def test_invalid_rows_are_recorded_and_the_rest_run(tmp_path, tiny_config_file):
     assert "not a safe file name" in records[2]["error"] and "multiple of 64" in records[3]["error"]
     assert sorted(p.name for p in (tmp_path / "out" / "images").rglob("*.png")) == ["good.png"]
     assert "invalid=3" in result.stderr
+    manifest_bytes = (tmp_path / "out" / "manifest.parquet").read_bytes()
+    rerun = run("generate", table, "--out", tmp_path / "out", config=tiny_config_file)
+    assert rerun.exit_code == 3  # nothing to do, and the manifest it keeps still holds three invalid rows
+    assert (tmp_path / "out" / "manifest.parquet").read_bytes() == manifest_bytes
 
 
 def test_strict_refuses_the_table_before_loading_a_model(tmp_path, tiny_config_file):
