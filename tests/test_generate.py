@@ -205,7 +205,7 @@ def test_invalid_rows_are_recorded_and_the_rest_run(tmp_path, tiny_config_file):
     assert "invalid=3" in result.stderr
     manifest_bytes = (tmp_path / "out" / "manifest.parquet").read_bytes()
     rerun = run("generate", table, "--out", tmp_path / "out", config=tiny_config_file)
-    assert rerun.exit_code == 3  # nothing to do, and the manifest it keeps still holds three invalid rows
+    assert rerun.exit_code == 3  # nothing to do: the manifest stays as it was
     assert (tmp_path / "out" / "manifest.parquet").read_bytes() == manifest_bytes
 
 

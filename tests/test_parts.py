@@ -52,7 +52,10 @@ def test_checkpoint_keeps_each_context_once_and_gives_the_logs_records(tmp_path)
     keys = [r["id"] for r in first + second]
     write_keys(storage, keys, [])
     from_logs = folder_state(storage).sort_by("id")
-    assert merge(storage).rows == len(keys)
+    merged = merge(storage)
+    assert (merged.rows, merged.unfinished, merged.rewritten) == (len(keys), 1, True)
+    again = merge(storage)  # nothing new: the checkpoint's ids and statuses say so
+    assert (again.rows, again.unfinished, again.rewritten) == (len(keys), 1, False)
 
     checkpoint = pq.read_table(tmp_path / CHECKPOINT)
     assert "model" not in checkpoint.column_names and checkpoint.column("context").type == pa.int32()
