@@ -114,8 +114,11 @@ class Storage:
         try:
             yield
         except PermissionError as exc:
-            message = f"cannot read {self.shown(relative)}: access denied; check the storage's credentials"
-            raise OutputError(exc.errno, message) from None
+            raise self._access_denied(relative, "read", exc) from None
+
+    def _access_denied(self, relative: str, doing: str, exc: PermissionError) -> OutputError:
+        message = f"cannot {doing} {self.shown(relative)}: access denied; check the storage's credentials"
+        return OutputError(exc.errno, message)
 
     def makedirs(self, relative: str = "") -> None:
         if self.is_local:
@@ -141,8 +144,7 @@ class Storage:
             message = f"cannot {doing} {self.shown(relative)}: {exc} (does the bucket exist?)"
             raise OutputError(exc.errno, message) from exc
         except PermissionError as exc:
-            message = f"cannot {doing} {self.shown(relative)}: access denied; check the storage's credentials"
-            raise OutputError(exc.errno, message) from exc
+            raise self._access_denied(relative, doing, exc) from exc
         except OSError as exc:
             raise OutputError(exc.errno, f"cannot {doing} {self.shown(relative)}: {exc}") from exc
 
