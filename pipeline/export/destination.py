@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from ..exits import ExitCode
 from ..storage import Storage, StorageError
-from .errors import EXIT_OUTPUT, ExportError
+from .errors import ExportError
 
 
 def open_destination(url: str, overwrite: bool = False) -> Storage:
@@ -15,7 +16,7 @@ def open_destination(url: str, overwrite: bool = False) -> Storage:
     try:
         _make_room(dest, overwrite)
     except OSError as exc:
-        raise ExportError(f"--to {dest}: cannot be used: {exc}", EXIT_OUTPUT) from None
+        raise ExportError(f"--to {dest}: cannot be used: {exc}", ExitCode.OUTPUT) from None
     return dest
 
 

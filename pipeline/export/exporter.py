@@ -9,10 +9,11 @@ from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 
+from ..exits import ExitCode
 from ..logs import utc_now
 from ..storage import OutputError, Storage, display
 from .destination import open_destination
-from .errors import EXIT_OUTPUT, ExportError
+from .errors import ExportError
 from .shards import OutputFile
 from .source import manifest_records, open_source, samples, selected
 
@@ -65,7 +66,7 @@ def export(
     try:
         files = write(samples(origin, rows), out, shard_size, origin.schema)
     except OutputError as exc:
-        raise ExportError(str(exc), EXIT_OUTPUT) from None
+        raise ExportError(str(exc), ExitCode.OUTPUT) from None
     summary = ExportSummary(fmt, display(str(source)), display(str(dest)), exported["rows"], dict(skipped),
                             tuple(files), shard_size, include_flagged)  # fmt: skip
     write_index(out, summary)
@@ -85,4 +86,4 @@ def write_index(out: Storage, summary: ExportSummary) -> None:
     try:
         out.write(INDEX, (json.dumps(index, indent=1) + "\n").encode("utf-8"))
     except OutputError as exc:
-        raise ExportError(str(exc), EXIT_OUTPUT) from None
+        raise ExportError(str(exc), ExitCode.OUTPUT) from None
