@@ -80,6 +80,11 @@ def load_model(
         decoder = load_decoder(sources.decoder_weights)
     pipe.to(device)
     pipe.vae.to(_vae_dtype(pipe.vae, dtype))
+    # Inference only: every weight frozen from the start, as PEFT freezes the base when it loads a LoRA. A
+    # weight that requires grad sends torch's matmul down another path (other low bits), so without this the
+    # rows without a LoRA would change once any LoRA had been loaded in the process.
+    for component in (pipe.unet, pipe.vae, pipe.text_encoder, pipe.text_encoder_2, decoder):
+        component.requires_grad_(False)
     if device.type == "cpu":  # results must not depend on which file the weights came from (alignment.py)
         align_cpu_weights(pipe.unet, pipe.vae, pipe.text_encoder, pipe.text_encoder_2)
     decoder.to(device=device, dtype=dtype).eval()
