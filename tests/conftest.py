@@ -85,9 +85,22 @@ def tiny_config_file(tiny_config, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_model(tiny_config):
+    """One model for the whole session, read-only: tests that load LoRAs into a model build their own."""
     from pipeline.model import load_model
 
     return load_model(tiny_config.model)
+
+
+@pytest.fixture(autouse=True)
+def shared_model_left_as_loaded(request):
+    """A test that changes the shared model (adapters, unfrozen weights) fails, not the tests after it."""
+    yield
+    if "tiny_model" in request.fixturenames:
+        pipe = request.getfixturevalue("tiny_model").pipe
+        for name in ("unet", "text_encoder", "text_encoder_2", "vae"):
+            component = getattr(pipe, name)
+            assert not any(hasattr(m, "lora_A") for m in component.modules()), f"{name} was left with adapters"
+            assert not any(p.requires_grad for p in component.parameters()), f"{name} was left unfrozen"
 
 
 def with_run(config, **values):
