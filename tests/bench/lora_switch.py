@@ -85,14 +85,17 @@ def fuse_and_restore(layers) -> None:
 def measure(device: torch.device, dtype: torch.dtype, latent: int, rank: int, reps: int) -> dict:
     unet = full_size_unet(device, dtype)
     call = unet_call(unet, latent, device, dtype)
-    call()  # warm-up
-    plain = seconds(call, reps)
-    base = call()
+    base = call()  # also the warm-up
     layers = add_lora(unet, rank)
     unet.disable_adapters()
     assert torch.equal(call(), base), "disabled adapters must leave the base output bit-exact"
-    unet.enable_adapters()
-    unfused = seconds(call, reps)
+    plain, unfused = [], []
+    for _ in range(reps):  # side by side, so a busy moment of the machine hits both alike
+        unet.disable_adapters()
+        plain.append(seconds(call, 1))
+        unet.enable_adapters()
+        unfused.append(seconds(call, 1))
+    plain, unfused = median(plain), median(unfused)
     switch_unfused = seconds(lambda: unet.set_adapters(["style"], [0.8]), reps)
     switch_fused = seconds(lambda: fuse_and_restore(layers), reps)
     unet.disable_adapters()
@@ -107,13 +110,13 @@ def measure(device: torch.device, dtype: torch.dtype, latent: int, rank: int, re
 
 def render(r: dict, device: str, dtype: str, latent: int, rank: int, reps: int) -> str:
     overhead = r["unfused"] - r["plain"]
-    breakeven = r["switch_fused"] / overhead if overhead > 0 else float("inf")
+    breakeven = f"{r['switch_fused'] / overhead:.1f}" if overhead > 0 else "never (no per-call cost measured)"
     rows = [
         ["UNet call, no LoRA (= fused)", f"{r['plain']:.3f} s"],
         ["UNet call, unfused LoRA", f"{r['unfused']:.3f} s ({r['unfused'] / r['plain']:.3f}x)"],
         ["switch, unfused (`set_adapters`)", f"{r['switch_unfused'] * 1000:.1f} ms"],
         ["switch, fuse + restore saved base", f"{r['switch_fused']:.3f} s"],
-        ["UNet calls a switch must amortise for fusing to win", f"{breakeven:.1f}"],
+        ["UNet calls a switch must amortise for fusing to win", breakeven],
     ]
     return (
         f"## LoRA switching at SDXL size (`python -m tests.bench.lora_switch`)\n\n{machine()}\n\n"
