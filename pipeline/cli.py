@@ -261,11 +261,13 @@ def _report_after_run(out_dir: str, log) -> None:
     from .storage import Storage
 
     try:
-        page, _ = build_report(Storage(out_dir))
+        built = build_report(Storage(out_dir))
     except Exception as exc:
         log.event("report_failed", f"{type(exc).__name__}: {exc}; rerun `layerdiffuse report {display(out_dir)}`")
         return
-    log.event("report", f"open {page} in a browser")
+    log.event("report", f"open {built.page} in a browser")
+    if built.unusable:
+        log.event("report_failed", _unusable_images(built))
 
 
 def _notify_config(config_path, flags: dict):
@@ -441,8 +443,17 @@ def report_command(out_dir, background, sheet_count):
     """
     from .report import build_report
 
-    page, sheet = _read_folder(lambda d: build_report(d, background, sheet_count), out_dir)
-    click.echo(f"wrote {page} and {sheet}")
+    built = _read_folder(lambda d: build_report(d, background, sheet_count), out_dir)
+    click.echo(f"wrote {built.page} and {built.sheet}")
+    if built.unusable:
+        click.echo(_unusable_images(built), err=True)
+        sys.exit(ExitCode.ROWS)
+
+
+def _unusable_images(built) -> str:
+    shown = ", ".join(built.examples) + (" ..." if built.unusable > len(built.examples) else "")
+    return (f"{built.unusable} image(s) missing or damaged ({shown}): their cards say which; rerun generate with "
+            "--verify to make them again")  # fmt: skip
 
 
 @cli.command("sprites", epilog=epilog("sprites"))

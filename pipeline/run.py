@@ -29,10 +29,11 @@ from .postprocess import TooManyFailures as TooManyFailures  # a run's errors ar
 from .records import NO_LORAS, PARAM_COLUMNS, Batch
 from .schedulers import SCHEDULERS
 from .sharding import Process, candidates, current_process, my_share
-from .sprite_files import SPRITES, sprite_plan
-from .storage import Storage, display, remove_stale_temporaries
+from .sprite_files import sprite_plan
+from .storage import Storage, display
+from .sweep import sweep_temporaries
 from .table import Table, TableError, load_table
-from .writer import IMAGES, PngSettings, a1111_model_fields
+from .writer import PngSettings, a1111_model_fields
 
 STATS = "stats"
 
@@ -227,9 +228,7 @@ def _pending(storage: Storage, table: Table, identity: Identity, batches: list[l
 
 def _prepare_folder(job: Job, table: Table, part: PartWriter) -> None:
     storage = job.storage
-    if storage.is_local:
-        for folder, depth in (("", 2), (IMAGES, 2), (SPRITES, 3)):  # e.g. stats/, images/00000/, sprites/64/00000/
-            remove_stale_temporaries(storage.local(folder), depth=depth)
+    sweep_temporaries(storage)
     if job.batches or job.restyle:  # the old manifest would describe files this run replaces: rewritten at the end
         for name in (MANIFEST_JSONL, MANIFEST_PARQUET):
             storage.remove(name)
