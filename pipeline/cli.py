@@ -499,6 +499,9 @@ def sprites_command(out_dir, config_path, remove, **flags):
         raise ExitError(str(exc), ExitCode.OUTPUT) from None
     what = "removed the sprites of" if remove else "derived the sprites of"
     click.echo(f"{what} {done.derived} images ({done.current} already as asked)")
+    if done.dropped_atlases:
+        shown = ", ".join(f"{display(out_dir).rstrip('/')}/atlas/{label}" for label in done.dropped_atlases)
+        click.echo(f"removed {shown}: their sprites changed; run `layerdiffuse atlas` again to pack them")
     if not done.manifest_written:
         click.echo("some rows have no image yet: the manifest is merged when generate finishes them", err=True)
         sys.exit(ExitCode.ROWS)

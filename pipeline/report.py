@@ -181,7 +181,7 @@ class Thumbnails:
             image.save(buffer, format="PNG", compress_level=1)
         name = self.name(record, digest)
         folder, _, file = name.rpartition("/")
-        self.storage.write(name, buffer.getvalue())
+        self.storage.write(name, buffer.getvalue(), moment="thumbnail_temp_written")
         stem = file.rsplit(".", 3)[0]
         for stale in [n for n in self._listing(folder) if n.rsplit(".", 3)[0] == stem and n != file]:
             self.storage.remove(f"{folder}/{stale}")
