@@ -39,7 +39,6 @@ CHECKER_COLOURS = ((204, 204, 204), (255, 255, 255))
 BACKGROUND_HELP = "checker, white, black or #rrggbb"
 PAGE_SIZE = 1000
 EXAMPLES = 10  # ids of missing or damaged images named in the command's message
-REDO = "rerun generate with --verify to make it again"
 
 
 def parse_background(text: str) -> str:
@@ -120,7 +119,7 @@ class Thumbnails:
         self.storage, self.size = storage, size
         self._listings: dict[str, dict[str, int]] = {}
 
-    def for_records(self, records: list[dict]) -> tuple[dict[str, str], dict[str, str]]:
+    def for_records(self, records: list[dict]) -> tuple[dict[str, str], dict[str, ImageProblem]]:
         """({id: thumbnail path relative to DIR} of the records whose image is in place, {id: what is wrong}
         of the records whose image is missing or damaged); thumbnails are made where missing, stale ones go."""
         recorded = [r for r in records if _has_image(r)]
@@ -156,24 +155,24 @@ class Thumbnails:
         thumbs = {self.name(r, None).rpartition("/")[0] for r in records}
         self._listings = {f: names for f, names in self._listings.items() if f in images | thumbs}
 
-    def _listed_problem(self, record: dict) -> str | None:
+    def _listed_problem(self, record: dict) -> ImageProblem | None:
         """Missing, or of another size than its record says (one listing per folder, no file opened)."""
         url = record["image"]["url"]
         folder, _, name = url.rpartition("/")
         size, recorded = self._listing(folder).get(name), record["image"].get("file_size")
         if size is None:
-            return f"image missing: {url}; rerun generate to make it again"
+            return ImageProblem.missing(url)
         if recorded is not None and size != recorded:
-            return f"image damaged: {url} has {size} bytes, its record {recorded}; {REDO}"
+            return ImageProblem.damaged(url, f"has {size} bytes, its record {recorded}")
         return None
 
-    def make(self, record: dict) -> str | None:
+    def make(self, record: dict) -> ImageProblem | None:
         """Write the thumbnail and remove the stale ones of the same image; what is wrong with the image, if
         its bytes cannot be read, differ from its record or are no image."""
-        image = read_image(self.storage, record)
-        if isinstance(image, str):
-            return image
-        digest, image = image
+        try:
+            digest, image = read_image(self.storage, record)
+        except ImageProblem as problem:
+            return problem
         with image:
             image = image.convert("RGBA")
             image.thumbnail((self.size, self.size), Image.Resampling.LANCZOS)
@@ -188,21 +187,38 @@ class Thumbnails:
         return None
 
 
-def read_image(storage: Storage, record: dict) -> tuple[str, Image.Image] | str:
-    """(sha256 of its bytes, the decoded image) of a record's image, or what is wrong with it."""
+class ImageProblem(ValueError):
+    """A recorded image that is missing or damaged; `label` is what its card shows instead of a thumbnail."""
+
+    def __init__(self, label: str, message: str):
+        super().__init__(f"{label}: {message}; rerun generate with --verify to make it again")
+        self.label = label
+
+    @classmethod
+    def missing(cls, url: str) -> ImageProblem:
+        return cls("image missing", url)
+
+    @classmethod
+    def damaged(cls, url: str, why: str) -> ImageProblem:
+        return cls("image damaged", f"{url} {why}")
+
+
+def read_image(storage: Storage, record: dict) -> tuple[str, Image.Image]:
+    """(sha256 of its bytes, the decoded image) of a record's image; ImageProblem if it is missing, differs
+    from its record or cannot be decoded."""
     url = record["image"]["url"]
     try:
         data = storage.read_bytes(url)
     except FileNotFoundError:
-        return f"image missing: {url}; rerun generate to make it again"
+        raise ImageProblem.missing(url) from None
     digest = hashlib.sha256(data).hexdigest()
     if record.get("sha256") and digest != record["sha256"]:
-        return f"image damaged: {url} is not the image its record names (sha256 {digest[:16]}...); {REDO}"
+        raise ImageProblem.damaged(url, f"is not the image its record names (sha256 {digest[:16]}...)")
     try:
         image = Image.open(io.BytesIO(data))
         image.load()
     except (OSError, ValueError, Image.DecompressionBombError) as exc:
-        return f"image damaged: {url} cannot be decoded ({exc}); {REDO}"
+        raise ImageProblem.damaged(url, f"cannot be decoded ({exc})") from None
     return digest, image
 
 
@@ -248,15 +264,15 @@ class _Summary:
         }
 
 
-def _card(record: dict, thumbs: dict[str, str], base: str = "", problem: str | None = None) -> dict:
+def _card(record: dict, thumbs: dict[str, str], base: str = "", problem: ImageProblem | None = None) -> dict:
     flagged = record.get("has_nsfw_concepts") is True
     status = "flagged" if flagged else record.get("status") or "unknown"
     card = {"id": record["id"], "prompt": record.get("prompt") or "", "seed": record.get("seed"), "status": status,
             "error": record.get("error") or ("flagged by the safety checker" if flagged else "")}  # fmt: skip
     if record["id"] in thumbs:
         card.update(thumb=base + thumbs[record["id"]], url=base + record["image"]["url"])
-    elif problem:  # "image missing: ..." or "image damaged: ...": the placeholder says which
-        card.update(error=problem, placeholder=problem.split(":", 1)[0])
+    elif problem:
+        card.update(error=str(problem), placeholder=problem.label)
     if card["status"] == "invalid" and not card["prompt"]:
         card["prompt"] = (record.get("input") or {}).get("prompt") or ""
     return card
@@ -270,7 +286,7 @@ def _background_css(background: str) -> str:
 
 
 def render_html(records: list[dict], thumbs: dict[str, str], summary: str, background: str, page: int = 1,
-                pages: int = 1, base: str = "", problems: dict[str, str] | None = None) -> str:  # fmt: skip
+                pages: int = 1, base: str = "", problems: dict[str, ImageProblem] | None = None) -> str:  # fmt: skip
     """One gallery page; `base` leads from the page's folder back to DIR; `problems`: {id: what is wrong with
     its image}."""
     problems = problems or {}
@@ -320,7 +336,7 @@ def _summary_html(s: dict) -> str:
     return "".join(f"<div><dt>{html.escape(k)}</dt><dd>{html.escape(str(v))}</dd></div>" for k, v in facts)
 
 
-def sheet_tiles(storage: Storage, records: list[dict], count: int, problems: dict[str, str],
+def sheet_tiles(storage: Storage, records: list[dict], count: int, problems: dict[str, ImageProblem],
                 tile: int = 256) -> list[tuple[str, Image.Image]]:  # fmt: skip
     """(id, image scaled to fit a tile) of the first `count` records whose image reads back as recorded; what is
     wrong with the others goes into `problems`."""
@@ -328,11 +344,12 @@ def sheet_tiles(storage: Storage, records: list[dict], count: int, problems: dic
     for record in records:
         if len(tiles) >= count:
             break
-        image = read_image(storage, record)
-        if isinstance(image, str):
-            problems[record["id"]] = image
+        try:
+            _, image = read_image(storage, record)
+        except ImageProblem as problem:
+            problems[record["id"]] = problem
             continue
-        with image[1] as decoded:
+        with image as decoded:
             tiles.append((record["id"], _scale_to_fit(decoded.convert("RGBA"), tile)))
     return tiles
 
