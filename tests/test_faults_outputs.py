@@ -12,6 +12,7 @@ import re
 import signal
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -21,8 +22,9 @@ from PIL import Image
 
 from pipeline.cli import cli
 from pipeline.faults import ENV, OUTPUT_MOMENTS
-from pipeline.manifest import write_run_info
-from pipeline.report import script_json
+from pipeline.manifest import merge, write_keys, write_run_info
+from pipeline.parts import PartWriter
+from pipeline.report import build_report, script_json
 from pipeline.storage import Storage
 from tests.conftest import REPO
 from tests.test_report import COLOURS, browser, record, record_run, sprite, visible_cards  # noqa: F401
@@ -59,7 +61,11 @@ def folder_of_images(folder: Path, **extra) -> Path:
 
 
 def cards(page: Path) -> list[dict]:
-    return json.loads(re.search(r"const CARDS = (\[.*?\]);\n", page.read_text(), re.S).group(1))
+    return script_cards(page.read_text())
+
+
+def script_cards(page: str) -> list[dict]:
+    return json.loads(re.search(r"const CARDS = (\[.*?\]);\n", page, re.S).group(1))
 
 
 def same_size_forgery(original: bytes, colour) -> bytes:
@@ -238,3 +244,26 @@ def test_generate_with_other_sprite_sizes_removes_the_sheets_of_the_old_ones(tmp
     assert any(e["event"] == "atlas_removed" and "atlas/64" in e["message"] for e in events)
     assert not (out / "atlas" / "64").exists() and not list((out / "sprites" / "64").rglob("*.png"))
     assert_atlases_name_only_current_sprites(out)
+
+
+def test_an_object_store_report_names_a_missing_image_from_its_listing():
+    storage = Storage(f"memory://reports/{uuid.uuid4().hex}")
+    records = []
+    for i, colour in enumerate(COLOURS):
+        png = sprite(colour)
+        storage.write(f"images/s{i}.png", png)
+        records.append(record(f"s{i}", png=png))
+    with PartWriter(storage, "20260101T000000000000Z-rank00000-of-00001") as part:
+        for item in records:
+            part.append(item)
+    write_keys(storage, [r["id"] for r in records], [])
+    assert merge(storage) is not None
+    assert build_report(storage).unusable == 0
+    storage.remove("images/s2.png")
+
+    built = build_report(storage)
+
+    assert (built.unusable, built.examples) == (1, ("s2",))
+    shown = {c["id"]: c for c in script_cards(storage.read_bytes("report.html").decode())}
+    assert shown["s2"]["placeholder"] == "image missing" and "thumb" not in shown["s2"]
+    assert all(storage.exists(shown[k]["thumb"]) for k in ("s0", "s1", "s3"))
