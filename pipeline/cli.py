@@ -265,9 +265,8 @@ def _report_after_run(out_dir: str, log) -> None:
     except Exception as exc:
         log.event("report_failed", f"{type(exc).__name__}: {exc}; rerun `layerdiffuse report {display(out_dir)}`")
         return
-    log.event("report", f"open {built.page} in a browser")
-    if built.unusable:
-        log.event("report_failed", _unusable_images(built))
+    unusable = f"; {_unusable_images(built)}" if built.unusable else ""
+    log.event("report", f"open {built.page} in a browser{unusable}")
 
 
 def _notify_config(config_path, flags: dict):
