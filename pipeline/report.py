@@ -291,16 +291,14 @@ def render_html(records: list[dict], thumbs: dict[str, str], summary: str, backg
     its image}."""
     problems = problems or {}
     cards = [_card(r, thumbs, base, problems.get(r["id"])) for r in records]
-    data = script_json(cards)
+    filled = {"/*BACKGROUND*/": _background_css(background), "<!--SUMMARY-->": summary,
+              "<!--PAGER-->": _pager(page, pages, base), "/*CARDS*/[]": script_json(cards)}  # fmt: skip
     template = (Path(__file__).with_name("report_template.html")).read_text(encoding="utf-8")
-    return (
-        template.replace("/*BACKGROUND*/", _background_css(background))
-        .replace("<!--SUMMARY-->", summary)
-        .replace("<!--PAGER-->", _pager(page, pages, base))
-        .replace("/*CARDS*/[]", data)
-    )
+    # One pass: text put in is never searched again (a summary holding `/*CARDS*/[]` stays text).
+    return PLACEHOLDERS.sub(lambda match: filled[match.group()], template)
 
 
+PLACEHOLDERS = re.compile(r"/\*BACKGROUND\*/|<!--SUMMARY-->|<!--PAGER-->|/\*CARDS\*/\[\]")
 SCRIPT_ESCAPES = {"<": "\\u003c", ">": "\\u003e", "&": "\\u0026", "\u2028": "\\u2028", "\u2029": "\\u2029"}
 
 

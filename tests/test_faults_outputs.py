@@ -40,6 +40,7 @@ HOSTILE = [
     "\\u003c/script> and \\</script>, backslashes",
     "&lt;b&gt; &amp; &#60;script&#62; ${window.pwned = 4} `tick` 'single' \"double\"",
     "\U0001f5e1 sword, \u00e9p\u00e9e, \u5263",
+    "/*CARDS*/[] <!--PAGER--> <!--SUMMARY--> /*BACKGROUND*/",  # the page template's own placeholders
 ]
 
 
