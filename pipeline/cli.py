@@ -261,11 +261,12 @@ def _report_after_run(out_dir: str, log) -> None:
     from .storage import Storage
 
     try:
-        page, _ = build_report(Storage(out_dir))
+        built = build_report(Storage(out_dir))
     except Exception as exc:
         log.event("report_failed", f"{type(exc).__name__}: {exc}; rerun `layerdiffuse report {display(out_dir)}`")
         return
-    log.event("report", f"open {page} in a browser")
+    unusable = f"; {_unusable_images(built)}" if built.unusable else ""
+    log.event("report", f"open {built.page} in a browser{unusable}")
 
 
 def _notify_config(config_path, flags: dict):
@@ -441,8 +442,17 @@ def report_command(out_dir, background, sheet_count):
     """
     from .report import build_report
 
-    page, sheet = _read_folder(lambda d: build_report(d, background, sheet_count), out_dir)
-    click.echo(f"wrote {page} and {sheet}")
+    built = _read_folder(lambda d: build_report(d, background, sheet_count), out_dir)
+    click.echo(f"wrote {built.page} and {built.sheet}")
+    if built.unusable:
+        click.echo(_unusable_images(built), err=True)
+        sys.exit(ExitCode.ROWS)
+
+
+def _unusable_images(built) -> str:
+    shown = ", ".join(built.examples) + (" ..." if built.unusable > len(built.examples) else "")
+    return (f"{built.unusable} image(s) missing or damaged ({shown}): their cards say which; rerun generate with "
+            "--verify to make them again")  # fmt: skip
 
 
 @cli.command("sprites", epilog=epilog("sprites"))
@@ -488,6 +498,9 @@ def sprites_command(out_dir, config_path, remove, **flags):
         raise ExitError(str(exc), ExitCode.OUTPUT) from None
     what = "removed the sprites of" if remove else "derived the sprites of"
     click.echo(f"{what} {done.derived} images ({done.current} already as asked)")
+    if done.dropped_atlases:
+        shown = ", ".join(f"{display(out_dir).rstrip('/')}/atlas/{label}" for label in done.dropped_atlases)
+        click.echo(f"removed {shown}: their sprites changed; run `layerdiffuse atlas` again to pack them")
     if not done.manifest_written:
         click.echo("some rows have no image yet: the manifest is merged when generate finishes them", err=True)
         sys.exit(ExitCode.ROWS)

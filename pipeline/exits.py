@@ -51,6 +51,8 @@ MEANINGS: dict[str, dict[ExitCode, str]] = {
     "report": {
         ExitCode.OK: "report.html and contact_sheet.png were written",
         ExitCode.USAGE: _NOT_A_FOLDER,
+        ExitCode.ROWS: "written, but some images are missing or damaged (their cards say which; `generate --verify` "
+        "makes them again)",
     },
     "sprites": {
         ExitCode.OK: "every finished image has its sprites as asked, and the manifest says so",

@@ -26,6 +26,11 @@ MOMENTS = (
     "manifest_jsonl_written",  # both in place, the checkpoint not yet
     "merged",  # the checkpoint too; the run statistics not yet
 )
+OUTPUT_MOMENTS = (  # files derived from the images, complete under their temporary names
+    "sprite_temp_written",  # sprites, and generate with sprite settings
+    "thumbnail_temp_written",  # report
+    "sheet_temp_written",  # atlas
+)
 _target, _, _count = os.environ.get(ENV, "").partition(":")
 _reached: Counter = Counter()
 _counting = threading.Lock()  # post-processing threads reach some moments

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import threading
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -22,9 +23,11 @@ from .manifest import RUN_INFO, folder_state, merge, read_keys, read_run_info, w
 from .parts import PartWriter, part_stem, record_from_part
 from .records import Status
 from .schema import CONTEXT_FIELDS
+from .sheets import drop_atlases
 from .sprite_files import outdated, prune_folders, read_rgba, remove_replaced, write_sprites
 from .sprite_settings import SpriteSettings
 from .storage import Storage
+from .sweep import sweep_temporaries
 
 STATE = ["id", "status", "image", "sprites"]
 REMOVE_EVERY = 256  # records sent up (object stores) before the sprite files they replace are deleted
@@ -35,16 +38,23 @@ class Refreshed:
     derived: int  # images whose sprites were derived (or removed) now
     current: int  # finished images whose sprites were already as asked
     manifest_written: bool  # False while some row of the table has no outcome yet (the parts hold the records)
+    dropped_atlases: tuple[str, ...] = ()  # labels whose sheets were removed: their sprites changed
+
+
+class Rederived(NamedTuple):
+    done: int  # records derived again
+    dropped_atlases: list[str]  # labels whose sheets were removed first
 
 
 def refresh_sprites(storage: Storage, settings: SpriteSettings, compress_level: int = 6) -> Refreshed:
     """Bring every finished image's sprites to `settings` (inactive settings remove them), then merge."""
+    sweep_temporaries(storage)
     keys, _ = read_keys(storage)
     flags, ids = outdated_ids(storage, keys, settings)
-    derived = rederive(storage, records_of(storage, ids), settings, compress_level, part_stem(0, 1))
+    derived, dropped = rederive(storage, records_of(storage, ids), settings, compress_level, part_stem(0, 1))
     remember_settings(storage, settings)
     merged = merge(storage) if derived else None
-    return Refreshed(derived, len(flags) - derived, merged is not None or not derived)
+    return Refreshed(derived, len(flags) - derived, merged is not None or not derived, tuple(dropped))
 
 
 def outdated_ids(storage: Storage, keys, settings: SpriteSettings) -> tuple[list[bool], list[str]]:
@@ -67,11 +77,13 @@ def records_of(storage: Storage, ids: list[str]) -> list[dict]:
 
 
 def rederive(storage: Storage, records: list[dict], settings: SpriteSettings, compress_level: int, stem: str,
-             stop: threading.Event | None = None) -> int:  # fmt: skip
-    """Derive each record's sprites from its raw PNG, append the updated records; returns how many were done.
+             stop: threading.Event | None = None) -> Rederived:  # fmt: skip
+    """Derive each record's sprites from its raw PNG, append the updated records.
 
-    Files of the old sprites that the new ones do not replace are deleted once the new record is appended.
+    The sheets of the labels whose sprites change go first (a kill later leaves no sheet of replaced
+    sprites); files of the old sprites that the new ones do not replace go once the new record is appended.
     """
+    dropped = drop_atlases(storage, (record.get("sprites") for record in records))
     done = 0
     for n, (context, group) in enumerate(_by_context(records).items()):
         with PartWriter(storage, f"{stem}-sprites{n}") as part:
@@ -90,9 +102,9 @@ def rederive(storage: Storage, records: list[dict], settings: SpriteSettings, co
                     _remove_recorded(storage, part, replaced)
             _remove_recorded(storage, part, replaced)
         if stop is not None and stop.is_set():
-            return done
+            return Rederived(done, dropped)
     prune_folders(storage)
-    return done
+    return Rederived(done, dropped)
 
 
 def _remove_recorded(storage: Storage, part: PartWriter, replaced: list[tuple]) -> None:

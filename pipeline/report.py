@@ -8,6 +8,7 @@ report of a million rows takes time and memory in proportion to what changed and
 
 from __future__ import annotations
 
+import hashlib
 import html
 import io
 import json
@@ -16,6 +17,7 @@ import os
 import re
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -26,6 +28,8 @@ from .parts import record_from_part
 from .records import Status
 from .schema import json_record
 from .storage import Storage
+from .sweep import sweep_temporaries
+from .writer import IMAGES
 
 THUMBS = "thumbs"
 REPORT = "report.html"
@@ -34,6 +38,7 @@ CONTACT_SHEET = "contact_sheet.png"
 CHECKER_COLOURS = ((204, 204, 204), (255, 255, 255))
 BACKGROUND_HELP = "checker, white, black or #rrggbb"
 PAGE_SIZE = 1000
+EXAMPLES = 10  # ids of missing or damaged images named in the command's message
 
 
 def parse_background(text: str) -> str:
@@ -58,28 +63,41 @@ def run_records(storage: Storage, chunk: int = PAGE_SIZE):
     return ordered.num_rows, ([record_from_part(r) for r in part.to_pylist()] for part in slices)
 
 
+@dataclass(frozen=True)
+class Built:
+    page: str  # the first page's path (or URL)
+    sheet: str  # the contact sheet's
+    unusable: int  # images recorded but missing or damaged: their cards say so
+    examples: tuple[str, ...]  # the first ids of those
+
+
 def build_report(storage: Storage, background: str = "checker", sheet_count: int = 64, thumb_size: int = 192,
-                 page_size: int = PAGE_SIZE) -> tuple[str, str]:  # fmt: skip
+                 page_size: int = PAGE_SIZE) -> Built:  # fmt: skip
     """Write DIR/report.html (the first page and the run summary), DIR/report/page-*.html and
-    DIR/contact_sheet.png; returns the paths (or URLs) of the first page and the sheet."""
+    DIR/contact_sheet.png. An image that is missing or damaged gets a card that says so, not a thumbnail."""
+    sweep_temporaries(storage)
     total, chunks = run_records(storage, page_size)
     pages = max(1, math.ceil(total / page_size))
     thumbs = Thumbnails(storage, thumb_size)
-    summary, first, sheet = _Summary(), None, []
+    summary, first, tiles, unusable, examples = _Summary(), None, [], 0, []
     for number, records in enumerate(chunks, 1):
         summary.add(records)
-        found = thumbs.for_records(records)
-        sheet += [r for r in records if r["id"] in found][: sheet_count - len(sheet)]
+        found, problems = thumbs.for_records(records)
+        tiles += sheet_tiles(storage, [r for r in records if r["id"] in found], sheet_count - len(tiles), problems)
+        found = {key: name for key, name in found.items() if key not in problems}
+        unusable += len(problems)
+        examples += list(problems)[: EXAMPLES - len(examples)]
         if number == 1:
-            first = (records, found)
+            first = (records, found, problems)
         else:
-            page = render_html(records, found, "", background, number, pages, base="../")
+            page = render_html(records, found, "", background, number, pages, base="../", problems=problems)
             storage.write(_page_name(number), page.encode("utf-8"))
-    records, found = first or ([], {})
-    page = render_html(records, found, _summary_html(summary.facts(_info(storage))), background, 1, pages)
+    records, found, problems = first or ([], {}, {})
+    summary_html = _summary_html(summary.facts(_info(storage)))
+    page = render_html(records, found, summary_html, background, 1, pages, problems=problems)
     storage.write(REPORT, page.encode("utf-8"))
-    storage.write(CONTACT_SHEET, contact_sheet(storage, sheet, background))
-    return storage.shown(REPORT), storage.shown(CONTACT_SHEET)
+    storage.write(CONTACT_SHEET, contact_sheet(tiles, background))
+    return Built(storage.shown(REPORT), storage.shown(CONTACT_SHEET), unusable, tuple(examples))
 
 
 def _page_name(number: int) -> str:
@@ -94,50 +112,114 @@ def _info(storage: Storage) -> dict:
 
 
 class Thumbnails:
-    """Cached thumbnails: one listing per thumbnail folder, then only the missing ones are made."""
+    """Cached thumbnails, named by the sha256 of the image they were made from: one listing per image and
+    thumbnail folder, then only the missing ones are made, each from an image whose bytes match its record."""
 
     def __init__(self, storage: Storage, size: int):
         self.storage, self.size = storage, size
-        self._listings: dict[str, set[str]] = {}
+        self._listings: dict[str, dict[str, int]] = {}
 
-    def for_records(self, records: list[dict]) -> dict[str, str]:
-        """{id: thumbnail path relative to DIR} for the records with an image; stale ones are replaced."""
-        wanted = {r["id"]: self.name(r) for r in records if _has_image(r)}
-        missing = [r for r in records if r["id"] in wanted and wanted[r["id"]].rsplit("/", 1)[-1] not in
-                   self._listing(wanted[r["id"]].rsplit("/", 1)[0])]  # fmt: skip
+    def for_records(self, records: list[dict]) -> tuple[dict[str, str], dict[str, ImageProblem]]:
+        """({id: thumbnail path relative to DIR} of the records whose image is in place, {id: what is wrong}
+        of the records whose image is missing or damaged); thumbnails are made where missing, stale ones go."""
+        recorded = [r for r in records if _has_image(r)]
+        self._forget_other_folders(recorded)
+        problems = {r["id"]: p for r in recorded if (p := self._listed_problem(r))}
+        wanted = {r["id"]: self.name(r, r.get("sha256")) for r in recorded if r["id"] not in problems}
+        missing = [r for r in recorded if r["id"] in wanted and not self._listed(wanted[r["id"]])]
         workers = min(8, os.cpu_count() or 1)
-        with ThreadPoolExecutor(max_workers=workers) as pool:  # decoding and resizing release the GIL
+        with ThreadPoolExecutor(max_workers=workers) as pool:  # hashing, decoding and resizing release the GIL
             made = dict(zip([r["id"] for r in missing], pool.map(self.make, missing), strict=True))
-        return {key: name for key, name in wanted.items() if made.get(key, True)}
+        problems.update({key: problem for key, problem in made.items() if problem})
+        return {key: name for key, name in wanted.items() if key not in problems}, problems
 
-    def name(self, record: dict) -> str:
-        folder, _, file = record["image"]["url"].removeprefix("images/").rpartition("/")
+    def name(self, record: dict, sha256: str | None) -> str:
+        """`thumbs/<folder>/<key>.sha256-<first 16 hex>.<size>.png`: a changed image never finds an old one."""
+        folder, _, file = record["image"]["url"].removeprefix(f"{IMAGES}/").rpartition("/")
         stem = file.removesuffix(".png")
-        name = f"{stem}.{(record.get('sha256') or 'unknown')[:16]}.{self.size}.png"
+        name = f"{stem}.sha256-{(sha256 or 'unknown')[:16]}.{self.size}.png"
         return f"{THUMBS}/{folder}/{name}" if folder else f"{THUMBS}/{name}"
 
-    def _listing(self, folder: str) -> set[str]:
+    def _listing(self, folder: str) -> dict[str, int]:
         if folder not in self._listings:
-            self._listings[folder] = set(self.storage.sizes(folder))
+            self._listings[folder] = self.storage.sizes(folder)
         return self._listings[folder]
 
-    def make(self, record: dict) -> bool:
-        """Write the thumbnail and remove the stale ones of the same image; False if the image is unreadable."""
-        name = self.name(record)
-        folder, _, file = name.rpartition("/")
+    def _listed(self, path: str) -> bool:
+        folder, _, name = path.rpartition("/")
+        return name in self._listing(folder)
+
+    def _forget_other_folders(self, records: list[dict]) -> None:
+        """Pages go through the folders in order: only the listings of this page's folders are kept."""
+        images = {r["image"]["url"].rpartition("/")[0] for r in records}
+        thumbs = {self.name(r, None).rpartition("/")[0] for r in records}
+        self._listings = {f: names for f, names in self._listings.items() if f in images | thumbs}
+
+    def _listed_problem(self, record: dict) -> ImageProblem | None:
+        """Missing, or of another size than its record says (one listing per folder, no file opened)."""
+        url = record["image"]["url"]
+        folder, _, name = url.rpartition("/")
+        size, recorded = self._listing(folder).get(name), record["image"].get("file_size")
+        if size is None:
+            return ImageProblem.missing(url)
+        if recorded is not None and size != recorded:
+            return ImageProblem.damaged(url, f"has {size} bytes, its record {recorded}")
+        return None
+
+    def make(self, record: dict) -> ImageProblem | None:
+        """Write the thumbnail and remove the stale ones of the same image; what is wrong with the image, if
+        its bytes cannot be read, differ from its record or are no image."""
         try:
-            with Image.open(io.BytesIO(self.storage.read_bytes(record["image"]["url"]))) as image:
-                image = image.convert("RGBA")
-                image.thumbnail((self.size, self.size), Image.Resampling.LANCZOS)
-                buffer = io.BytesIO()
-                image.save(buffer, format="PNG", compress_level=1)
-        except (OSError, ValueError):
-            return False
-        self.storage.write(name, buffer.getvalue())
+            digest, image = read_image(self.storage, record)
+        except ImageProblem as problem:
+            return problem
+        with image:
+            image = image.convert("RGBA")
+            image.thumbnail((self.size, self.size), Image.Resampling.LANCZOS)
+            buffer = io.BytesIO()
+            image.save(buffer, format="PNG", compress_level=1)
+        name = self.name(record, digest)
+        folder, _, file = name.rpartition("/")
+        self.storage.write(name, buffer.getvalue(), moment="thumbnail_temp_written")
         stem = file.rsplit(".", 3)[0]
         for stale in [n for n in self._listing(folder) if n.rsplit(".", 3)[0] == stem and n != file]:
             self.storage.remove(f"{folder}/{stale}")
-        return True
+        return None
+
+
+class ImageProblem(ValueError):
+    """A recorded image that is missing or damaged; `label` is what its card shows instead of a thumbnail."""
+
+    def __init__(self, label: str, message: str):
+        super().__init__(f"{label}: {message}; rerun generate with --verify to make it again")
+        self.label = label
+
+    @classmethod
+    def missing(cls, url: str) -> ImageProblem:
+        return cls("image missing", url)
+
+    @classmethod
+    def damaged(cls, url: str, why: str) -> ImageProblem:
+        return cls("image damaged", f"{url} {why}")
+
+
+def read_image(storage: Storage, record: dict) -> tuple[str, Image.Image]:
+    """(sha256 of its bytes, the decoded image) of a record's image; ImageProblem if it is missing, differs
+    from its record or cannot be decoded."""
+    url = record["image"]["url"]
+    try:
+        data = storage.read_bytes(url)
+    except FileNotFoundError:
+        raise ImageProblem.missing(url) from None
+    digest = hashlib.sha256(data).hexdigest()
+    if record.get("sha256") and digest != record["sha256"]:
+        raise ImageProblem.damaged(url, f"is not the image its record names (sha256 {digest[:16]}...)")
+    try:
+        image = Image.open(io.BytesIO(data))
+        image.load()
+    except (OSError, ValueError, Image.DecompressionBombError) as exc:
+        raise ImageProblem.damaged(url, f"cannot be decoded ({exc})") from None
+    return digest, image
 
 
 def _has_image(record: dict) -> bool:
@@ -182,13 +264,15 @@ class _Summary:
         }
 
 
-def _card(record: dict, thumbs: dict[str, str], base: str = "") -> dict:
+def _card(record: dict, thumbs: dict[str, str], base: str = "", problem: ImageProblem | None = None) -> dict:
     flagged = record.get("has_nsfw_concepts") is True
     status = "flagged" if flagged else record.get("status") or "unknown"
     card = {"id": record["id"], "prompt": record.get("prompt") or "", "seed": record.get("seed"), "status": status,
             "error": record.get("error") or ("flagged by the safety checker" if flagged else "")}  # fmt: skip
     if record["id"] in thumbs:
         card.update(thumb=base + thumbs[record["id"]], url=base + record["image"]["url"])
+    elif problem:
+        card.update(error=str(problem), placeholder=problem.label)
     if card["status"] == "invalid" and not card["prompt"]:
         card["prompt"] = (record.get("input") or {}).get("prompt") or ""
     return card
@@ -202,17 +286,29 @@ def _background_css(background: str) -> str:
 
 
 def render_html(records: list[dict], thumbs: dict[str, str], summary: str, background: str, page: int = 1,
-                pages: int = 1, base: str = "") -> str:  # fmt: skip
-    """One gallery page; `base` leads from the page's folder back to DIR."""
-    cards = [_card(r, thumbs, base) for r in records]
-    data = json.dumps(cards, ensure_ascii=False).replace("</", "<\\/")  # prompts cannot close the script
+                pages: int = 1, base: str = "", problems: dict[str, ImageProblem] | None = None) -> str:  # fmt: skip
+    """One gallery page; `base` leads from the page's folder back to DIR; `problems`: {id: what is wrong with
+    its image}."""
+    problems = problems or {}
+    cards = [_card(r, thumbs, base, problems.get(r["id"])) for r in records]
+    filled = {"/*BACKGROUND*/": _background_css(background), "<!--SUMMARY-->": summary,
+              "<!--PAGER-->": _pager(page, pages, base), "/*CARDS*/[]": script_json(cards)}  # fmt: skip
     template = (Path(__file__).with_name("report_template.html")).read_text(encoding="utf-8")
-    return (
-        template.replace("/*BACKGROUND*/", _background_css(background))
-        .replace("<!--SUMMARY-->", summary)
-        .replace("<!--PAGER-->", _pager(page, pages, base))
-        .replace("/*CARDS*/[]", data)
-    )
+    # One pass: text put in is never searched again (a summary holding `/*CARDS*/[]` stays text).
+    return PLACEHOLDERS.sub(lambda match: filled[match.group()], template)
+
+
+PLACEHOLDERS = re.compile(r"/\*BACKGROUND\*/|<!--SUMMARY-->|<!--PAGER-->|/\*CARDS\*/\[\]")
+SCRIPT_ESCAPES = {"<": "\\u003c", ">": "\\u003e", "&": "\\u0026", "\u2028": "\\u2028", "\u2029": "\\u2029"}
+
+
+def script_json(value) -> str:
+    """JSON to place inside <script>: no `<` at all, so no text can close the element or open a comment or
+    script in it (`</script`, `<!--`, `<script` switch the HTML parser's script states); `>` and `&`, and
+    the line separators that older JavaScript engines end lines at, are escaped as well. Each escape is a
+    JSON string escape of the same character, so the data parses back unchanged."""
+    text = json.dumps(value, ensure_ascii=False)
+    return re.sub("[<>&\u2028\u2029]", lambda m: SCRIPT_ESCAPES[m.group()], text)
 
 
 def _pager(page: int, pages: int, base: str) -> str:
@@ -238,21 +334,37 @@ def _summary_html(s: dict) -> str:
     return "".join(f"<div><dt>{html.escape(k)}</dt><dd>{html.escape(str(v))}</dd></div>" for k, v in facts)
 
 
-def contact_sheet(storage: Storage, records: list[dict], background: str, tile: int = 256, label: int = 22) -> bytes:
-    """PNG bytes: the images in a grid over the background, ids under each tile."""
-    columns = max(1, math.ceil(math.sqrt(len(records))))
-    rows = max(1, math.ceil(len(records) / columns))
+def sheet_tiles(storage: Storage, records: list[dict], count: int, problems: dict[str, ImageProblem],
+                tile: int = 256) -> list[tuple[str, Image.Image]]:  # fmt: skip
+    """(id, image scaled to fit a tile) of the first `count` records whose image reads back as recorded; what is
+    wrong with the others goes into `problems`."""
+    tiles = []
+    for record in records:
+        if len(tiles) >= count:
+            break
+        try:
+            _, image = read_image(storage, record)
+        except ImageProblem as problem:
+            problems[record["id"]] = problem
+            continue
+        with image as decoded:
+            tiles.append((record["id"], _scale_to_fit(decoded.convert("RGBA"), tile)))
+    return tiles
+
+
+def contact_sheet(tiles: list[tuple[str, Image.Image]], background: str, tile: int = 256, label: int = 22) -> bytes:
+    """PNG bytes: the tiles in a grid over the background, ids under each."""
+    columns = max(1, math.ceil(math.sqrt(len(tiles))))
+    rows = max(1, math.ceil(len(tiles) / columns))
     sheet = Image.new("RGB", (columns * tile, rows * (tile + label)), "white")
     draw = ImageDraw.Draw(sheet)
     font = ImageFont.load_default(size=14)
-    for i, record in enumerate(records):
+    for i, (key, image) in enumerate(tiles):
         left, top = (i % columns) * tile, (i // columns) * (tile + label)
-        with Image.open(io.BytesIO(storage.read_bytes(record["image"]["url"]))) as image:
-            image = _scale_to_fit(image.convert("RGBA"), tile)
         canvas = background_tile(tile, background)
         canvas.alpha_composite(image, ((tile - image.width) // 2, (tile - image.height) // 2))
         sheet.paste(canvas.convert("RGB"), (left, top))
-        draw.text((left + 4, top + tile + 3), _fit(draw, record["id"], font, tile - 8), fill="black", font=font)
+        draw.text((left + 4, top + tile + 3), _fit(draw, key, font, tile - 8), fill="black", font=font)
     buffer = io.BytesIO()
     sheet.save(buffer, format="PNG")
     return buffer.getvalue()

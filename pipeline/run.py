@@ -29,10 +29,12 @@ from .postprocess import TooManyFailures as TooManyFailures  # a run's errors ar
 from .records import NO_LORAS, PARAM_COLUMNS, Batch
 from .schedulers import SCHEDULERS
 from .sharding import Process, candidates, current_process, my_share
-from .sprite_files import SPRITES, sprite_plan
-from .storage import Storage, display, remove_stale_temporaries
+from .sheets import drop_atlases
+from .sprite_files import sprite_plan
+from .storage import Storage, display
+from .sweep import sweep_temporaries
 from .table import Table, TableError, load_table
-from .writer import IMAGES, PngSettings, a1111_model_fields
+from .writer import PngSettings, a1111_model_fields
 
 STATS = "stats"
 
@@ -227,9 +229,8 @@ def _pending(storage: Storage, table: Table, identity: Identity, batches: list[l
 
 def _prepare_folder(job: Job, table: Table, part: PartWriter) -> None:
     storage = job.storage
-    if storage.is_local:
-        for folder, depth in (("", 2), (IMAGES, 2), (SPRITES, 3)):  # e.g. stats/, images/00000/, sprites/64/00000/
-            remove_stale_temporaries(storage.local(folder), depth=depth)
+    sweep_temporaries(storage)
+    _log_dropped_atlases(job, drop_atlases(storage, job.old_sprites.values()))  # sprites that rows redone replace
     if job.batches or job.restyle:  # the old manifest would describe files this run replaces: rewritten at the end
         for name in (MANIFEST_JSONL, MANIFEST_PARQUET):
             storage.remove(name)
@@ -261,12 +262,19 @@ def _restyle(job: Job, stop: threading.Event) -> None:
     started = time.perf_counter()
     records = records_of(job.storage, sorted(job.restyle))
     stem = part_stem(job.process.rank, job.process.world_size)
-    done = rederive(job.storage, records, job.config.sprites, job.config.run.png_compress_level, stem, stop)
+    done, dropped = rederive(job.storage, records, job.config.sprites, job.config.run.png_compress_level, stem, stop)
+    _log_dropped_atlases(job, dropped)
     job.spend("sprites", time.perf_counter() - started)
     job.log.event("sprites_derived", images=done, seconds=round(time.perf_counter() - started, 2))
     if done < len(records):
         job.summary.interrupted = True
         job.log.event("interrupted", "stopped while deriving sprites; rerun to continue")
+
+
+def _log_dropped_atlases(job: Job, labels: list[str]) -> None:
+    if labels:
+        shown = ", ".join(f"atlas/{label}" for label in labels)
+        job.log.event("atlas_removed", f"{shown}: their sprites change; run `layerdiffuse atlas` again to pack them")
 
 
 def _render(job: Job, part: PartWriter, stop: threading.Event) -> None:

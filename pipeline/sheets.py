@@ -2,10 +2,15 @@
 
 Sheets go to `DIR/atlas/<label>/<name>-<n>.png` and `.json`, written whole through storage.py; frames are
 named by image key. Only the sprites the latest records list are packed (files of older settings are not).
+A command that replaces or removes sprites of a label first removes that label's sheets (`drop_atlases`):
+a sheet never shows frames of sprites that are gone or were made with other settings.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import pyarrow as pa
@@ -16,6 +21,7 @@ from .manifest import folder_state, read_keys
 from .records import Status
 from .sprite_files import read_rgba
 from .storage import Storage
+from .sweep import sweep_temporaries
 
 ATLAS = "atlas"
 
@@ -30,6 +36,7 @@ class Packed:
 def pack_folder(storage: Storage, label: str | None = None, max_size: int = 2048, padding: int = 2,
                 trim: bool = False, name: str = "sheet") -> list[Packed]:  # fmt: skip
     """Pack each label's sprites (or only `label`'s); AtlasError says what is missing and how to make it."""
+    sweep_temporaries(storage)
     by_label = listed_sprites(storage)
     if not by_label:
         raise AtlasError(
@@ -64,7 +71,24 @@ def _pack_label(storage: Storage, label: str, sprites: list[tuple[str, str]], ma
         raise AtlasError(f"sprites {label}: {exc}") from None
     folder = f"{ATLAS}/{label}"
     for file_name, data in files.items():
-        storage.write(f"{folder}/{file_name}", data)
+        storage.write(f"{folder}/{file_name}", data, moment="sheet_temp_written")
     for stale in stale_files(list(storage.sizes(folder)), name, len(files) // 2):
         storage.remove(f"{folder}/{stale}")
     return Packed(label, len(inputs), tuple(f"{folder}/{n}" for n in files))
+
+
+def drop_atlases(storage: Storage, recorded: Iterable[list | None]) -> list[str]:
+    """Remove the sheets of every label in these recorded sprite lists (sprites about to be replaced or
+    removed); returns the labels whose sheets were there. `atlas DIR` packs the new sprites again."""
+    dropped = []
+    for label in sorted({entry["label"] for entries in recorded for entry in entries or ()}):
+        folder = f"{ATLAS}/{label}"
+        sheets = [name for name in storage.sizes(folder) if not name.startswith(".")]  # not a writer's temporary
+        for name in sheets:
+            storage.remove(f"{folder}/{name}")
+        if storage.is_local:
+            for empty in (folder, ATLAS):
+                with contextlib.suppress(OSError):  # not empty: kept
+                    os.rmdir(storage.local(empty))
+        dropped += [label] if sheets else []
+    return dropped

@@ -35,7 +35,7 @@ def write_sprites(storage: Storage, image_url: str, rgba, settings: SpriteSettin
     for sprite in derive(rgba, settings):
         data = encode_sprite(sprite.rgba, compress_level)
         url = sprite_url(image_url, sprite.label)
-        storage.write(url, data)
+        storage.write(url, data, moment="sprite_temp_written")
         entries.append(sprite_entry(sprite, url, data, settings))
     return entries
 

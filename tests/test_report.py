@@ -73,7 +73,7 @@ def record_run(folder: Path, records: list[dict], keys: list[str] | None = None)
 
 
 def test_contact_sheet_tiles_ids_and_checkerboard(run_dir):
-    _, sheet_path = build_report(Storage(run_dir))
+    sheet_path = build_report(Storage(run_dir)).sheet
     sheet = np.asarray(Image.open(sheet_path).convert("RGB"))
     # 5 images with files (4 sprites + the flagged placeholder): a 3 x 2 grid of 256 px tiles + 22 px labels
     assert sheet.shape == (2 * (256 + 22), 3 * 256, 3)
@@ -103,7 +103,8 @@ def test_thumbnails_are_rebuilt_only_when_their_source_changes(run_dir):
     manifest = [json.loads(x) for x in (run_dir / "manifest.jsonl").read_text().splitlines()]
     png = sprite((255, 0, 255))
     (run_dir / "images" / "s1.png").write_bytes(png)
-    redone = {**manifest[1], "sha256": hashlib.sha256(png).hexdigest()}  # a later run redid s1
+    image = {**manifest[1]["image"], "file_size": len(png)}
+    redone = {**manifest[1], "image": image, "sha256": hashlib.sha256(png).hexdigest()}  # a later run redid s1
     record_run(run_dir, [redone], keys=[r["id"] for r in manifest])
     build_report(Storage(run_dir))
     after = {p.name: p.stat().st_mtime_ns for p in (run_dir / "thumbs").iterdir()}
@@ -189,7 +190,7 @@ def test_generate_with_report_flag(tmp_path, tiny_config_file):
 def test_a_long_run_is_paginated_and_every_page_finds_its_thumbnails(run_dir):
     import re
 
-    page, _ = build_report(Storage(run_dir), page_size=3)
+    page = build_report(Storage(run_dir), page_size=3).page
     pages = [Path(page), *sorted((run_dir / "report").glob("page-*.html"))]
     assert [p.name for p in pages] == ["report.html", "page-00002.html", "page-00003.html"]
     seen = []

@@ -157,7 +157,7 @@ def link_thumbnails(out: Path, png: bytes) -> None:
     columns = ["id", "status", "image", "sha256"]
     for batch in pq.ParquetFile(out / "manifest.parquet").iter_batches(columns=columns):
         for record in batch.to_pylist():
-            target = out / thumbs.name(record)
+            target = out / thumbs.name(record, record["sha256"])
             target.parent.mkdir(parents=True, exist_ok=True)
             if links is None:
                 thumbs.make(record)
