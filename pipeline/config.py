@@ -47,7 +47,7 @@ class ModelConfig:
     # Speed knobs (they do not change which rows count as done; they may move low bits):
     compile: bool = False  # torch.compile the UNet, VAE decoder and transparent decoder (slow first batch)
     channels_last: bool = False  # NHWC memory format for the convolutional models (faster on recent GPUs)
-    build_tiny_if_missing: bool = False  # build the embedded tiny model at `base`'s parent if absent
+    build_tiny_if_missing: bool = False  # build the embedded tiny model if absent (only at its own paths)
 
     @property
     def unet_weights_file(self) -> str:
