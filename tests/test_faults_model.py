@@ -4,16 +4,20 @@ templates too large to list, and wildcards that reach outside their folder."""
 
 from __future__ import annotations
 
+import io
 import os
 import shutil
 import stat
+from pathlib import Path
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 
 from pipeline.cli import cli
 from pipeline.config import load_config
 from pipeline.model.sources import tiny_root
+from pipeline.schedulers import SCHEDULER_NAMES, SCHEDULERS
 from pipeline.storage import FILE_MODE
 from tests.conftest import REPO
 
@@ -52,3 +56,97 @@ def test_the_tiny_models_files_have_the_usual_permissions(tmp_path):
     folders = {name: mode for name, mode in modes.items() if (root / name).is_dir()}
     assert all(mode & 0o700 == 0o700 and mode & FILE_MODE == FILE_MODE for mode in folders.values()), folders
     assert os.access(root / "sdxl" / "unet" / "diffusion_pytorch_model.safetensors", os.R_OK)
+
+
+# ---------------------------------------------------------------- Schedule type as AUTOMATIC1111 reads it back
+
+# AUTOMATIC1111 (modules/sd_samplers_kdiffusion.py, sd_samplers_timesteps.py): each sampler's own schedule, the
+# one `Automatic` (and a missing `Schedule type`) means; None for the samplers that run on their own timesteps.
+A1111_DEFAULT_SCHEDULE = {"Euler": "uniform", "Euler a": "uniform", "DPM++ 2M": "karras", "DDIM": None, "UniPC": None}
+# modules/sd_schedulers.py: label -> name, for the schedules diffusers can run here.
+A1111_SCHEDULES = {"Automatic": "automatic", "Uniform": "uniform", "Karras": "karras"}
+
+
+def a1111_schedule(fields: dict[str, str]) -> str | None:
+    """Which sigmas AUTOMATIC1111 runs for these infotext fields (its get_sampler_and_scheduler, then the
+    sampler's own schedule for `Automatic`)."""
+    default = A1111_DEFAULT_SCHEDULE[fields["Sampler"]]
+    chosen = A1111_SCHEDULES[fields.get("Schedule type", "Automatic")]
+    return default if chosen == "automatic" or default is None else chosen
+
+
+@pytest.mark.parametrize("name", SCHEDULER_NAMES)
+def test_every_scheduler_writes_the_schedule_type_automatic1111_maps_back_to_what_ran(name, tiny_model_dir):
+    import diffusers
+    import numpy as np
+    from PIL import Image
+
+    from pipeline.records import Row
+    from pipeline.writer import PngSettings, encode_png
+    from tests.test_png_metadata import a1111_fields
+
+    chosen = SCHEDULERS[name]
+    config = diffusers.EulerDiscreteScheduler.load_config(tiny_model_dir / "sdxl" / "scheduler")
+    ran = getattr(diffusers, chosen.diffusers_class).from_config(config, **chosen.options)  # as loading.py does
+    row = Row(1, "a", "an orb", "text", 1, 8.0, 20, 64, 64, False)
+    data = encode_png(np.zeros((64, 64, 4), np.uint8), row, PngSettings("tiny", chosen))
+    with Image.open(io.BytesIO(data)) as image:
+        fields = a1111_fields(image.text["parameters"])
+    expected = None if chosen.timesteps else "karras" if ran.config.get("use_karras_sigmas") else "uniform"
+    assert a1111_schedule(fields) == expected, fields
+    assert ("Schedule type" in fields) == (not chosen.timesteps)
+
+
+# ---------------------------------------------------------------- a LoRA's alpha kept in its file's metadata
+
+RANK, ALPHA = 4, 2  # scale alpha / rank = 0.5: exact in binary, so the folded factors are the same numbers
+
+
+@pytest.fixture(scope="module")
+def lora_model(tiny_config):
+    """A model of its own: loading adapters wraps its layers, which the shared session model must not see."""
+    from pipeline.model import load_model
+
+    return load_model(tiny_config.model)
+
+
+def unet_factors(pipe, folder: Path) -> dict:
+    """Seeded random factors of every targeted UNet layer, as diffusers names them (no `unet.` prefix)."""
+    from safetensors.torch import load_file
+
+    from pipeline.model.tiny_lora import build_tiny_lora
+
+    path = build_tiny_lora(pipe, folder / "unscaled.safetensors", "peft", seed=1, rank=RANK)  # alpha = rank
+    return {k.removeprefix("unet."): v for k, v in load_file(path).items() if k.startswith("unet.")}
+
+
+def test_a_diffusers_lora_with_its_alpha_only_in_the_metadata_runs_at_alpha_over_rank(lora_model, tmp_path):
+    from diffusers import StableDiffusionXLPipeline
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from pipeline.lora_refs import LoraRef
+    from pipeline.model import LoraAdapters, generate_rgba
+    from pipeline.model.lora_files import resolve_lora
+    from tests.model.files import Req
+
+    factors = unet_factors(lora_model.pipe, tmp_path)
+    targets = sorted({k.rsplit(".lora_", 1)[0] for k in factors})
+    metadata = {"r": RANK, "lora_alpha": ALPHA, "target_modules": targets}
+    StableDiffusionXLPipeline.save_lora_weights(tmp_path / "saved", unet_lora_layers=factors,
+                                                unet_lora_adapter_metadata=metadata)  # fmt: skip
+    saved = tmp_path / "saved" / "pytorch_lora_weights.safetensors"
+    with safe_open(saved, "pt") as file:
+        assert '"unet.lora_alpha": 2' in file.metadata()["lora_adapter_metadata"]  # the alpha is only there
+    folded = {f"unet.{k}": v * (ALPHA / RANK) if ".lora_B." in k else v for k, v in factors.items()}
+    save_file(folded, tmp_path / "folded.safetensors")
+
+    adapters, row = LoraAdapters(lora_model.pipe), [Req("a pixel-art sword", 7, num_inference_steps=1)]
+
+    def render(*paths) -> np.ndarray:
+        adapters.activate([resolve_lora(LoraRef.parse(str(p))) for p in paths])
+        return generate_rgba(lora_model, row, tta=False)
+
+    plain, with_metadata, with_folded = render(), render(saved), render(tmp_path / "folded.safetensors")
+    assert not np.array_equal(with_folded, plain)  # the LoRA changes the image...
+    np.testing.assert_array_equal(with_metadata, with_folded)  # ...by alpha / rank, as its metadata says
