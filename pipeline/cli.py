@@ -12,6 +12,7 @@ import click
 from .cells import MAX_IMAGES
 from .config import DTYPES, INJECTIONS, LOG_FORMATS, Config, ConfigError, load_config
 from .exits import ExitCode, epilog
+from .expand import MAX_COMBINATION_LIMIT
 from .export import DEFAULT_SHARD_SIZE as EXPORT_SHARD_SIZE
 from .export import FORMATS as EXPORT_FORMATS
 from .schedulers import SCHEDULER_NAMES
@@ -156,8 +157,9 @@ def template_options(function):
         click.option("--wildcards", metavar="DIR", help="Folder of wildcard files for __name__ in prompt templates."),
         click.option("--combinatorial", is_flag=True, default=None,
                      help="A template row gives every combination (default: one prompt drawn from its seed)."),
-        click.option("--combination-limit", type=click.IntRange(min=1), metavar="N",
-                     help="Most prompts one template row may give in combinatorial mode (default 1000)."),
+        click.option("--combination-limit", type=click.IntRange(1, MAX_COMBINATION_LIMIT), metavar="N",
+                     help="Most prompts one template row may give in combinatorial mode (default 1000, "
+                          f"at most {MAX_COMBINATION_LIMIT:,})."),
     ]  # fmt: skip
     for option in reversed(options):
         function = option(function)

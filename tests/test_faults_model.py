@@ -8,6 +8,7 @@ import io
 import os
 import shutil
 import stat
+import time
 from pathlib import Path
 
 import numpy as np
@@ -150,3 +151,43 @@ def test_a_diffusers_lora_with_its_alpha_only_in_the_metadata_runs_at_alpha_over
     plain, with_metadata, with_folded = render(), render(saved), render(tmp_path / "folded.safetensors")
     assert not np.array_equal(with_folded, plain)  # the LoRA changes the image...
     np.testing.assert_array_equal(with_metadata, with_folded)  # ...by alpha / rank, as its metadata says
+
+
+# ---------------------------------------------------------------- templates: too many combinations, bad wildcards
+
+
+def validate(tmp_path, prompt: str, *extra: str):
+    (tmp_path / "t.csv").write_text(f'id,prompt\na,"{prompt}"\n')
+    return CliRunner().invoke(cli, ["validate", str(tmp_path / "t.csv"), *extra])
+
+
+def test_combinations_are_counted_before_they_are_listed(tmp_path):
+    started = time.monotonic()
+    result = validate(tmp_path, "{a|b|c} " * 30, "--combinatorial", "--combination-limit", "1000000")
+    assert result.exit_code == 3, result.output  # the row is invalid, at once
+    assert "row 1, column 'prompt'" in result.output and "gives 205,891,132,094,649 prompts" in result.output
+    assert time.monotonic() - started < 20
+    huge = validate(tmp_path, "{a|b|c} " * 30, "--combinatorial", "--combination-limit", str(10**12))
+    assert huge.exit_code == 2 and "1<=x<=1000000" in huge.output  # a limit that could list for hours
+
+
+@pytest.mark.parametrize(
+    ("prompt", "prompts"),
+    [("{a|b|c} {d|e} x", 6), ("{a|a|b} and {c|d}", 4), ("{2$$a|b|c}", 6), ("{a|{b|c}} {~d|e}", 3)],
+)
+def test_the_count_agrees_with_the_listing(prompt, prompts, tmp_path):
+    from pipeline.expand import TemplateError, expand_all
+
+    assert len(expand_all(prompt, limit=prompts)) == prompts  # counted or listed: never refused wrongly
+    with pytest.raises(TemplateError, match=f"more than (the combination limit )?{prompts - 1}"):
+        expand_all(prompt, limit=prompts - 1)
+
+
+def test_a_wildcard_reaching_outside_its_folder_is_one_clear_line(tmp_path):
+    (tmp_path / "wildcards").mkdir()
+    (tmp_path / "secret.txt").write_text("do not read\n")
+    result = validate(tmp_path, "a __../secret__ orb", "--wildcards", str(tmp_path / "wildcards"))
+    assert result.exit_code == 3, result.output
+    assert "Traceback" not in result.stderr and "Invalid wildcard" not in result.stderr, result.stderr
+    [line] = [x for x in result.output.splitlines() if "__../secret__" in x]
+    assert "row 1, column 'prompt'" in line and "is refused" in line and "'..'" in line
