@@ -59,7 +59,7 @@ def expand_all(template: str, wildcards: Path | None = None, limit: int = DEFAUL
         return [template]
     from random import Random
 
-    counted = _combinations(_parsed(template))
+    counted = _combinations(_tree(template))
     if counted is not None and counted > limit:  # refused before listing them: that could take years
         raise TemplateError(f"the template gives {counted:,} prompts, more than the combination limit {limit:,}; "
                             f"split it, or raise the limit (at most {MAX_COMBINATION_LIMIT:,})")  # fmt: skip
@@ -100,7 +100,7 @@ def _sample(template: str, mode: str, wildcards: Path | None, count: int, rand) 
     method = SamplingMethod.RANDOM if mode == "random" else SamplingMethod.COMBINATORIAL
     context = SamplingContext(default_sampling_method=method, wildcard_manager=_wildcards(wildcards), rand=rand)
     try:
-        return [str(p) for p in context.sample_prompts(_parsed(template), count)]
+        return [str(p) for p in context.sample_prompts(_tree(template), count)]
     except TemplateError:
         raise
     except ParseBaseException as exc:
@@ -109,6 +109,16 @@ def _sample(template: str, mode: str, wildcards: Path | None, count: int, rand) 
         raise TemplateError("the wildcards refer to each other in a loop") from None
     except (ValueError, KeyError) as exc:  # e.g. an undefined ${variable}
         raise TemplateError(f"cannot expand the template: {exc}") from None
+
+
+def _tree(template: str):
+    """The parse tree, a syntax error as TemplateError."""
+    from pyparsing import ParseBaseException
+
+    try:
+        return _parsed(template)
+    except ParseBaseException as exc:
+        raise TemplateError(_syntax_message(template, exc.loc)) from None
 
 
 @functools.lru_cache(maxsize=4096)
