@@ -12,6 +12,7 @@ import click
 from .cells import MAX_IMAGES
 from .config import DTYPES, INJECTIONS, LOG_FORMATS, Config, ConfigError, load_config
 from .exits import ExitCode, epilog
+from .expand import MAX_COMBINATION_LIMIT
 from .export import DEFAULT_SHARD_SIZE as EXPORT_SHARD_SIZE
 from .export import FORMATS as EXPORT_FORMATS
 from .schedulers import SCHEDULER_NAMES
@@ -39,7 +40,18 @@ class ExitError(click.ClickException):
         self.exit_code = exit_code
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+class _Commands(click.Group):
+    """Ctrl-C ends any command with exit 130 (the shell's convention), not Click's `Aborted!` and exit 1."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            sys.exit(ExitCode.INTERRUPTED)
+
+
+@click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(package_name="layerdiffuse-batch")
 def cli():
     """Transparent (RGBA) images in bulk from a table of prompts, with SDXL + LayerDiffuse.
@@ -145,8 +157,9 @@ def template_options(function):
         click.option("--wildcards", metavar="DIR", help="Folder of wildcard files for __name__ in prompt templates."),
         click.option("--combinatorial", is_flag=True, default=None,
                      help="A template row gives every combination (default: one prompt drawn from its seed)."),
-        click.option("--combination-limit", type=click.IntRange(min=1), metavar="N",
-                     help="Most prompts one template row may give in combinatorial mode (default 1000)."),
+        click.option("--combination-limit", type=click.IntRange(1, MAX_COMBINATION_LIMIT), metavar="N",
+                     help="Most prompts one template row may give in combinatorial mode (default 1000, "
+                          f"at most {MAX_COMBINATION_LIMIT:,})."),
     ]  # fmt: skip
     for option in reversed(options):
         function = option(function)
@@ -191,8 +204,11 @@ def template_options(function):
 @click.option("--report", "make_report", is_flag=True, help="Write DIR/report.html and contact_sheet.png at the end.")
 @click.option("--notify", "webhooks", multiple=True, metavar="URL", callback=_url,
               help="POST a JSON report to URL when the run ends (repeatable; signed with "
-                   "$LAYERDIFFUSE_WEBHOOK_SECRET when set).")  # fmt: skip
-@click.option("--ping", metavar="URL", callback=_url, help="Health check: URL/start, then URL on success or URL/fail.")
+                   "$LAYERDIFFUSE_WEBHOOK_SECRET when set; a `user:password@` in URL is sent as HTTP "
+                   "basic auth).")  # fmt: skip
+@click.option("--ping", metavar="URL", callback=_url,
+              help="Health check: URL/start, then URL on success or URL/fail (`user:password@`: "
+                   "basic auth).")  # fmt: skip
 @click.option("--metrics-file", metavar="PATH.prom", callback=_metrics_file,
               help="Prometheus textfile (node_exporter), rewritten while running and at the end.")  # fmt: skip
 @click.option("--metrics-interval", type=click.FloatRange(min=0, min_open=True), metavar="SECONDS",
@@ -247,6 +263,10 @@ def _generate(watch, input_path, out_dir, config_path, shard, log_format, make_r
         log.event("error", f"internal error: {type(exc).__name__}: {exc}", exit_code=int(ExitCode.INTERNAL))
         traceback.print_exc()
         sys.exit(ExitCode.INTERNAL)
+    except KeyboardInterrupt:  # a second Ctrl-C (or one before the run held its folder)
+        log.event("aborted", "aborted at once: the batch under way was dropped; rerun to continue",
+                  exit_code=int(ExitCode.INTERRUPTED))  # fmt: skip
+        sys.exit(ExitCode.INTERRUPTED)
     if summary.manifest_written:
         out = display(out_dir).rstrip("/")
         log.event("done", f"images in {out}/images, manifest in {out}/manifest.parquet")

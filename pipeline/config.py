@@ -10,6 +10,7 @@ from pathlib import Path
 import yaml
 
 from .cells import CellError, column_rules
+from .expand import MAX_COMBINATION_LIMIT
 from .schedulers import SCHEDULER_NAMES
 from .sprite_settings import SpriteSettings
 
@@ -47,7 +48,7 @@ class ModelConfig:
     # Speed knobs (they do not change which rows count as done; they may move low bits):
     compile: bool = False  # torch.compile the UNet, VAE decoder and transparent decoder (slow first batch)
     channels_last: bool = False  # NHWC memory format for the convolutional models (faster on recent GPUs)
-    build_tiny_if_missing: bool = False  # build the embedded tiny model at `base`'s parent if absent
+    build_tiny_if_missing: bool = False  # build the embedded tiny model if absent (only at its own paths)
 
     @property
     def unet_weights_file(self) -> str:
@@ -343,8 +344,9 @@ def _template_checks(t: TemplateConfig) -> list[tuple[bool, str]]:
             f"templates.wildcards must be a folder of wildcard files (name.txt, ...); {folder!r} is not a folder",
         ),
         (
-            _is_int(t.combination_limit) and t.combination_limit >= 1,
-            f"templates.combination_limit must be an integer >= 1, got {t.combination_limit!r}",
+            _is_int(t.combination_limit) and 1 <= t.combination_limit <= MAX_COMBINATION_LIMIT,
+            f"templates.combination_limit must be an integer from 1 to {MAX_COMBINATION_LIMIT:,}, "
+            f"got {t.combination_limit!r}",
         ),
     ]
 

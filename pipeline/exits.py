@@ -31,7 +31,8 @@ MEANINGS: dict[str, dict[ExitCode, str]] = {
         ExitCode.OUTPUT: "the output folder cannot be written (disk full, quota, read-only); the message names the "
         "path and bytes written",
         ExitCode.TOO_MANY_FAILURES: "stopped because more rows failed than `--max-failures` allows",
-        ExitCode.INTERRUPTED: "interrupted by SIGINT or SIGTERM after finishing the current batch; rerun to continue",
+        ExitCode.INTERRUPTED: "interrupted by SIGINT or SIGTERM (from the moment the run holds its folder: after "
+        "the current batch; a second Ctrl-C at once); rerun to continue",
     },
     "validate": {
         ExitCode.OK: "every row is valid",

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import math
 import os
 import re
 from dataclasses import dataclass
@@ -28,6 +29,7 @@ KEY_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 MAX_KEY = 128
 MAX_SEED = 2**64 - 1
 DEFAULT_COMBINATION_LIMIT = 1000  # more from one row is almost surely a mistake in the template
+MAX_COMBINATION_LIMIT = 1_000_000  # the library lists some 40,000 a second: a larger limit could run for hours
 HASH_DIGITS = 10  # 40 bits: two of 1,000 combinations share one with odds of about 1 in 2 million
 _TEMPLATE = re.compile(r"[{}]|__\S+?__")  # variants, variables and wraps all use braces
 
@@ -57,6 +59,10 @@ def expand_all(template: str, wildcards: Path | None = None, limit: int = DEFAUL
         return [template]
     from random import Random
 
+    counted = _combinations(_tree(template))
+    if counted is not None and counted > limit:  # refused before listing them: that could take years
+        raise TemplateError(f"the template gives {counted:,} prompts, more than the combination limit {limit:,}; "
+                            f"split it, or raise the limit (at most {MAX_COMBINATION_LIMIT:,})")  # fmt: skip
     prompts = _sample(template, "combinatorial", wildcards, limit + 1, Random(0))
     distinct = list(dict.fromkeys(prompts))
     if len(prompts) > limit:
@@ -65,6 +71,24 @@ def expand_all(template: str, wildcards: Path | None = None, limit: int = DEFAUL
             "(random {~...} and cyclical {@...} variants never end in combinatorial mode)"
         )
     return distinct
+
+
+def _combinations(node) -> int | None:
+    """How many prompts the library lists for a parse tree, counted without listing them; None where only
+    listing can tell (wildcards, wraps, variables, random or cyclical parts, variants that may repeat)."""
+    from dynamicprompts.commands import LiteralCommand, SequenceCommand, VariantCommand
+
+    if node.sampling_method is not None and node.sampling_method.is_nonfinite():
+        return None
+    if isinstance(node, LiteralCommand):
+        return 1
+    if isinstance(node, SequenceCommand):  # every combination of its parts, none dropped
+        counts = [_combinations(token) for token in node.tokens]
+        return None if None in counts else math.prod(counts)
+    if isinstance(node, VariantCommand) and node.min_bound == node.max_bound == 1:
+        texts = {v.literal for v in node.values if isinstance(v, LiteralCommand) and v.sampling_method is None}
+        return len(texts) if len(texts) == len(node.values) else None  # distinct literals: none deduplicated
+    return None
 
 
 def _sample(template: str, mode: str, wildcards: Path | None, count: int, rand) -> list[str]:
@@ -76,7 +100,7 @@ def _sample(template: str, mode: str, wildcards: Path | None, count: int, rand) 
     method = SamplingMethod.RANDOM if mode == "random" else SamplingMethod.COMBINATORIAL
     context = SamplingContext(default_sampling_method=method, wildcard_manager=_wildcards(wildcards), rand=rand)
     try:
-        return [str(p) for p in context.sample_prompts(_parsed(template), count)]
+        return [str(p) for p in context.sample_prompts(_tree(template), count)]
     except TemplateError:
         raise
     except ParseBaseException as exc:
@@ -85,6 +109,16 @@ def _sample(template: str, mode: str, wildcards: Path | None, count: int, rand) 
         raise TemplateError("the wildcards refer to each other in a loop") from None
     except (ValueError, KeyError) as exc:  # e.g. an undefined ${variable}
         raise TemplateError(f"cannot expand the template: {exc}") from None
+
+
+def _tree(template: str):
+    """The parse tree, a syntax error as TemplateError."""
+    from pyparsing import ParseBaseException
+
+    try:
+        return _parsed(template)
+    except ParseBaseException as exc:
+        raise TemplateError(_syntax_message(template, exc.loc)) from None
 
 
 @functools.lru_cache(maxsize=4096)
@@ -129,9 +163,17 @@ def _signature(folder: Path) -> tuple:
 @functools.lru_cache(maxsize=8)
 def _manager(folder: str | None, signature: tuple):
     from dynamicprompts.wildcards import WildcardManager
+    from dynamicprompts.wildcards.utils import clean_wildcard
 
     class StrictWildcards(WildcardManager):
         def get_values(self, wildcard: str):
+            try:  # checked here: the library would log two tracebacks for it, then find nothing
+                clean_wildcard(wildcard, wildcard_wrap=self.wildcard_wrap)
+            except ValueError:
+                raise TemplateError(
+                    f"wildcard __{wildcard}__ is refused: a wildcard names a file inside the wildcard folder "
+                    "(`__name__` or `__sub/name__`), without '..' or '\\'"
+                ) from None
             values = super().get_values(wildcard)
             if len(values) == 0:
                 where = f"in the wildcard folder {folder}" if folder else "and no wildcard folder is set"

@@ -1,8 +1,9 @@
 """Named moments at which a test can kill this process, to prove that any instant is a safe one.
 
 `LAYERDIFFUSE_FAULT=<moment>` (or `<moment>:<n>`, the n-th time it is reached) makes the process SIGKILL
-itself there: no cleanup, no flush, exactly what a power cut or the OOM killer does. Unset, a fault point
-costs one comparison.
+itself there: no cleanup, no flush, exactly what a power cut or the OOM killer does. `<moment>:<n>:<SIGNAL>`
+sends that signal instead (e.g. `planned:1:SIGTERM`: what systemd or a Ctrl-C does at that instant). Unset,
+a fault point costs one comparison.
 """
 
 from __future__ import annotations
@@ -31,7 +32,8 @@ OUTPUT_MOMENTS = (  # files derived from the images, complete under their tempor
     "thumbnail_temp_written",  # report
     "sheet_temp_written",  # atlas
 )
-_target, _, _count = os.environ.get(ENV, "").partition(":")
+_target, _, _rest = os.environ.get(ENV, "").partition(":")
+_count, _, _signal = _rest.partition(":")
 _reached: Counter = Counter()
 _counting = threading.Lock()  # post-processing threads reach some moments
 
@@ -42,5 +44,5 @@ def fault_point(moment: str) -> None:
     with _counting:
         _reached[moment] += 1
         reached = _reached[moment]
-    if reached >= int(_count or 1):
-        os.kill(os.getpid(), signal.SIGKILL)
+    if reached == int(_count or 1):  # once: a second SIGINT would abort
+        os.kill(os.getpid(), signal.Signals[_signal or "SIGKILL"])

@@ -7,6 +7,7 @@ webhook and ping URLs often carry their secret in the path or the query.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 import http.client
@@ -19,7 +20,7 @@ import urllib.request
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 from . import __version__
 
@@ -232,7 +233,20 @@ def _deliver(request: urllib.request.Request, timeout: float, retries: int, back
 
 def _request(url: str, body: bytes | None, headers: Mapping[str, str]) -> urllib.request.Request:
     method = "GET" if body is None else "POST"
-    return urllib.request.Request(url, data=body, headers={"User-Agent": USER_AGENT, **headers}, method=method)
+    target, authorization = basic_auth(url)
+    headers = {"User-Agent": USER_AGENT, **headers, **({"Authorization": authorization} if authorization else {})}
+    return urllib.request.Request(target, data=body, headers=headers, method=method)
+
+
+def basic_auth(url: str) -> tuple[str, str | None]:
+    """The URL without its `user:password@`, and those credentials as an HTTP basic `Authorization` value
+    (percent-escapes decoded, RFC 7617); urllib would take them for part of the host name."""
+    parts = urlsplit(url)
+    if parts.username is None:
+        return url, None
+    credentials = f"{unquote(parts.username)}:{unquote(parts.password or '')}"
+    target = urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
+    return target, "Basic " + base64.b64encode(credentials.encode()).decode("ascii")
 
 
 def sign(body: bytes, secret: str | bytes) -> str:

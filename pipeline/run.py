@@ -126,7 +126,9 @@ def generate(config: Config, input_path: Path, out: str | Path, shard=None, log:
     storage = Storage(out)
     storage.makedirs()
     # 2. one run per folder; 3. plan; 4. render; 5. merge
-    with lock_folder(storage, process, shard):
+    # The signal handlers come with the folder: from the moment a run reports its start, any signal ends
+    # it through its own reporting (exit 130), never by the default handlers' sudden death.
+    with lock_folder(storage, process, shard), _stop_on_signals(log) as stop:
         if observer:
             observer.started(process)
         config = _folder_sprites(config, storage)
@@ -134,9 +136,10 @@ def generate(config: Config, input_path: Path, out: str | Path, shard=None, log:
         if observer:
             observer.planned(job.summary)
         fault_point("planned")
-        with PartWriter(storage, part_stem(process.rank, process.world_size)) as part, _stop_on_signals(log) as stop:
-            _prepare_folder(job, table, part)
-            if job.restyle:
+        with PartWriter(storage, part_stem(process.rank, process.world_size)) as part:
+            if not _stopped(job, stop, "before anything was written"):
+                _prepare_folder(job, table, part)
+            if job.restyle and not job.summary.interrupted:
                 _restyle(job, stop)
             if job.batches and not job.summary.interrupted:
                 _render(job, part, stop)
@@ -283,6 +286,8 @@ def _render(job: Job, part: PartWriter, stop: threading.Event) -> None:
             for batch in job.batches:
                 post.submit(batch, _todo(job, batch, [Failed(batch.loras.error)] * len(batch.rows)), 0.0)
         return
+    if _stopped(job, stop, "before the model was loaded"):
+        return
     model, switch, provenance = _load_model(job, part)
     config, log = job.config, job.log
     png = PngSettings(model_label(config), SCHEDULERS[config.model.scheduler], config.run.png_compress_level,
@@ -294,9 +299,7 @@ def _render(job: Job, part: PartWriter, stop: threading.Event) -> None:
     ):
         for batch in job.batches:
             post.raise_error()  # e.g. too many failures: no more batches are generated
-            if stop.is_set():  # what was handed over is still checked, written and recorded
-                job.summary.interrupted = True
-                log.event("interrupted", "stopped after the last finished batch; rerun to continue")
+            if _stopped(job, stop, "after the last finished batch"):  # what was handed over is still written
                 break
             started = time.perf_counter()
             outcomes = _generate_batch(model, batch, job, switch)
@@ -350,6 +353,14 @@ def _generate_batch(model, batch: Batch, job: Job, switch: LoraSwitch) -> list[O
     return _todo(job, batch, outcomes)
 
 
+def _stopped(job: Job, stop: threading.Event, when: str) -> bool:
+    """Whether a signal asked the run to stop; the first time, the run is marked interrupted (exit 130)."""
+    if stop.is_set() and not job.summary.interrupted:
+        job.summary.interrupted = True
+        job.log.event("interrupted", f"stopped {when}; rerun to continue")
+    return job.summary.interrupted
+
+
 def _todo(job: Job, batch: Batch, outcomes: list[Outcome]) -> list[Outcome]:
     """Rows done by an earlier run are `Skipped` (they were only batch-mates)."""
     return [o if row.key in job.todo else Skipped() for row, o in zip(batch.rows, outcomes, strict=True)]
@@ -394,12 +405,13 @@ def _stop_on_signals(log: Log):
         return
 
     def request_stop(signum, _frame):
-        if stop.is_set() and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        if not stop.is_set():
-            log.event("stopping", f"{signal.Signals(signum).name}: finishing the current batch, then stopping "
-                      "(its images are written; rerun to continue). Press Ctrl-C again to abort at once.")  # fmt: skip
-        stop.set()
+        if stop.is_set():
+            if signum == signal.SIGINT:
+                raise KeyboardInterrupt
+            return
+        stop.set()  # before the message: a second Ctrl-C while it is written must abort, not say it again
+        log.event("stopping", f"{signal.Signals(signum).name}: finishing the current batch, then stopping "
+                  "(its images are written; rerun to continue). Press Ctrl-C again to abort at once.")  # fmt: skip
 
     previous = {s: signal.signal(s, request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
     try:

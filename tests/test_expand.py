@@ -84,7 +84,7 @@ def test_combinations(wildcards):
     assert expand_all("{a|ab}{bc|c} potion") == ["abc potion", "ac potion", "abbc potion"]  # "abc" twice
     assert expand_all("plain prompt") == ["plain prompt"]
     assert len(expand_all("{a|b|c} {x|y}", limit=6)) == 6
-    with pytest.raises(TemplateError, match="gives more than 5 prompts"):
+    with pytest.raises(TemplateError, match="gives 6 prompts, more than the combination limit 5"):
         expand_all("{a|b|c} {x|y}", limit=5)
 
 

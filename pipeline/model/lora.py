@@ -85,12 +85,12 @@ class LoraAdapters:
 
 def load_adapter(pipe, lora: ResolvedLora, name: str) -> None:
     """Load one LoRA as adapter `name`; every layer in the file must land on a layer of the model."""
-    from safetensors.torch import load_file
-
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # PEFT warns on every adapter after the first
-            pipe.load_lora_weights(load_file(lora.path), adapter_name=name)
+            # The file itself, not its tensors: diffusers reads the rank and alpha a diffusers / PEFT LoRA keeps
+            # only in its safetensors metadata (`lora_adapter_metadata`); without them it would apply scale 1.
+            pipe.load_lora_weights(lora.path, adapter_name=name, use_safetensors=True)
     except Exception as exc:  # diffusers / PEFT: unplaceable names, size mismatches, unknown layouts
         _forget(pipe, name)
         raise LoraError(f"LoRA {lora.path} ({lora.info.found}) does not fit this SDXL model: {_brief(exc)}") from exc

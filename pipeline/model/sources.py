@@ -43,12 +43,25 @@ class Sources:
             raise ModelFilesMissing(_missing_message(self.missing, checker_missing=checker))
 
 
+# Where the embedded tiny model keeps its parts, under its root folder (pipeline/model/tiny.py writes them).
+TINY_LAYOUT = {"base": "sdxl", "layerdiffuse": "layerdiffusion-v1", "safety_checker": "safety-checker"}
+
+
 def ensure_tiny_model(config: ModelConfig) -> None:
-    """`build_tiny_if_missing`: the embedded tiny model is built where `base` expects it (torch is needed)."""
-    if config.build_tiny_if_missing:
+    """`build_tiny_if_missing`: the embedded tiny model is built where the config expects it (torch is needed)."""
+    root = tiny_root(config) if config.build_tiny_if_missing else None
+    if root is not None:
         from .tiny import build_tiny_model
 
-        build_tiny_model(Path(config.base).parent)
+        build_tiny_model(root)
+
+
+def tiny_root(config: ModelConfig) -> Path | None:
+    """The tiny model's root when every model path is its own part there; else None. A `--model` of the
+    user's own (or a mistyped path) is never filled with random weights: a missing one is exit 4."""
+    root = Path(config.base).expanduser().parent
+    parts = {name: Path(getattr(config, name)).expanduser() for name in TINY_LAYOUT}
+    return root if all(parts[name] == root / folder for name, folder in TINY_LAYOUT.items()) else None
 
 
 def resolve_sources(config: ModelConfig, safety_checker: bool = False) -> Sources:

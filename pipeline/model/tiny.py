@@ -21,11 +21,13 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
+from ..storage import FILE_MODE
 from .decoder import TransparentVAEDecoder
 from .keys import sgm_key_map
 from .safety import build_tiny_safety_checker
 from .sdxl import random_sdxl_pipeline
 from .sgm_checkpoint import single_file_state_dict
+from .sources import TINY_LAYOUT
 
 ATTN_FILE = "layer_xl_transparent_attn.safetensors"
 CONV_FILE = "layer_xl_transparent_conv.safetensors"
@@ -78,17 +80,26 @@ def _parent(root: Path) -> Path:
 def _write_tiny_model(root: Path, seed: int) -> None:
     torch.manual_seed(seed)
     pipe = _tiny_sdxl_pipeline()
-    pipe.save_pretrained(root / "sdxl", safe_serialization=True)
+    pipe.save_pretrained(root / TINY_LAYOUT["base"], safe_serialization=True)
     write_single_file(root, pipe)
-    weights = root / "layerdiffusion-v1"
+    weights = root / TINY_LAYOUT["layerdiffuse"]
     weights.mkdir(parents=True, exist_ok=True)
     generator = torch.Generator().manual_seed(seed + 1)
     save_file(_attn_lora(pipe.unet, generator), weights / ATTN_FILE)
     save_file(_conv_offsets(pipe.unet, generator), weights / CONV_FILE)
     save_file({k: v.half() for k, v in _tiny_decoder(seed + 2).state_dict().items()}, weights / DECODER_FILE)
-    build_tiny_safety_checker(root / "safety-checker", flag_everything=False, seed=seed + 3)
+    build_tiny_safety_checker(root / TINY_LAYOUT["safety_checker"], flag_everything=False, seed=seed + 3)
     marker = {"seed": seed, "kind": "tiny-sdxl-layerdiffuse", "version": VERSION}
     (root / MARKER).write_text(json.dumps(marker) + "\n")
+    _usual_permissions(root)
+
+
+def _usual_permissions(root: Path) -> None:
+    """Files 0666 and folders 0777 less the umask, as `open()` and `mkdir()` make them: the staging folder
+    (mkdtemp) is 0700 and safetensors writes its files 0600, which would keep other accounts from the model."""
+    folder_mode = FILE_MODE | (FILE_MODE & 0o444) >> 2  # searchable by whoever may read
+    for path in [root, *root.rglob("*")]:
+        path.chmod(folder_mode if path.is_dir() else FILE_MODE)
 
 
 def write_single_file(root: str | os.PathLike, pipe=None) -> Path:
