@@ -9,6 +9,7 @@ only what the logs gained since. Nothing is rewritten when nothing changed. At a
 
 from __future__ import annotations
 
+import base64
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -20,7 +21,8 @@ import pyarrow.parquet as pq
 
 from .contexts import INDEX, Contexts
 from .parts import LOG_SCHEMA, read_new, record_from_part
-from .schema import CONTEXT_FIELDS, SCHEMA, json_line, json_record, text_cell, to_arrow
+from .passthrough import typed_column
+from .schema import CONTEXT_FIELDS, SCHEMA, json_line, json_record, manifest_schema, passthrough_schema
 from .storage import Storage
 
 MANIFEST_JSONL = "manifest.jsonl"
@@ -30,6 +32,7 @@ KEYS = "parts/keys.parquet"
 RUN_INFO = "run.json"
 STATE_COLUMNS = ["id", "status", "request_hash", "image", "sha256"]
 _CONSUMED, _CONTEXTS, _PASSTHROUGH = b"layerdiffuse.consumed", b"layerdiffuse.contexts", b"layerdiffuse.passthrough"
+_TYPES = b"layerdiffuse.passthrough_schema"  # the passthrough columns' Arrow schema, serialized, in base64
 CHUNK = 16_384  # rows per row group: memory stays flat while a million rows are written
 PIECE = 1_024  # rows turned into Python records at a time (~12 KB each as dicts, ~0.46 KB in Arrow)
 _FINISHED_AT = SCHEMA.get_field_index("finished_at")
@@ -42,10 +45,14 @@ class Merged:
     rewritten: bool  # False: the manifest already said all of it
 
 
-def write_keys(storage: Storage, keys: list[str], passthrough: list[str]) -> None:
-    """The table's row keys in input order and its passthrough columns; rewritten only when they change."""
+def write_keys(storage: Storage, keys: list[str], passthrough: pa.Schema | list[str]) -> None:
+    """The table's row keys in input order and its passthrough columns with their types (names alone: text);
+    rewritten only when they change."""
+    if not isinstance(passthrough, pa.Schema):
+        passthrough = passthrough_schema(passthrough)
     table = pa.table({"id": pa.array(keys, pa.string())})
-    metadata = {_PASSTHROUGH: json.dumps(passthrough).encode()}
+    metadata = {_PASSTHROUGH: json.dumps(passthrough.names).encode(),
+                _TYPES: base64.b64encode(passthrough.serialize().to_pybytes())}  # fmt: skip
     try:
         old = pq.read_table(storage.path(KEYS), filesystem=storage.fs)
         if old.column("id").equals(table.column("id")) and old.schema.metadata == metadata:
@@ -55,12 +62,17 @@ def write_keys(storage: Storage, keys: list[str], passthrough: list[str]) -> Non
     storage.write(KEYS, _parquet_bytes(table.replace_schema_metadata(metadata)))
 
 
-def read_keys(storage: Storage) -> tuple[pa.Array, list[str]]:
-    """(row keys in input order, passthrough column names) of the folder's table."""
+def read_keys(storage: Storage) -> tuple[pa.Array, pa.Schema]:
+    """(row keys in input order, passthrough columns) of the folder's table."""
     if not storage.exists(KEYS):  # a folder of an earlier version: the keys are in run.json
-        return pa.array(read_run_info(storage)["keys"], pa.string()), []
+        return pa.array(read_run_info(storage)["keys"], pa.string()), pa.schema([])
     table = pq.read_table(storage.path(KEYS), filesystem=storage.fs)
-    return table.column("id").combine_chunks(), json.loads(table.schema.metadata[_PASSTHROUGH])
+    metadata = table.schema.metadata
+    if _TYPES in metadata:
+        passthrough = pa.ipc.read_schema(pa.py_buffer(base64.b64decode(metadata[_TYPES])))
+    else:  # written by an earlier version: every passthrough column as text
+        passthrough = passthrough_schema(json.loads(metadata[_PASSTHROUGH]))
+    return table.column("id").combine_chunks(), passthrough
 
 
 def folder_state(storage: Storage, columns: list[str] | None = None) -> pa.Table:
@@ -75,7 +87,7 @@ def folder_state(storage: Storage, columns: list[str] | None = None) -> pa.Table
     return contexts.attach(old, tuple(c for c in CONTEXT_FIELDS if columns is None or c in columns))
 
 
-def merge(storage: Storage, keys: pa.Array | None = None, passthrough: list[str] | None = None) -> Merged | None:
+def merge(storage: Storage, keys: pa.Array | None = None, passthrough: pa.Schema | None = None) -> Merged | None:
     """Write the manifest once every row has an outcome; None while some row has none.
 
     Any process may call it at any time: the manifest is complete or not written, and writes are atomic.
@@ -99,7 +111,7 @@ def merge(storage: Storage, keys: pa.Array | None = None, passthrough: list[str]
     if where.null_count:
         return None
     take = last[where.to_numpy()]
-    _write(storage, _in_order(records, take), passthrough or [], offsets, contexts)
+    _write(storage, _in_order(records, take), passthrough or pa.schema([]), offsets, contexts)
     return Merged(len(keys), _unfinished(records.column("status").take(take)), rewritten=True)
 
 
@@ -169,11 +181,11 @@ def _gather(records: pa.Table, rows: np.ndarray) -> pa.Table:
     return gathered.take(pa.array(np.argsort(np.concatenate(positions))))
 
 
-def _write(storage: Storage, ordered: Iterator[pa.Table], passthrough: list[str], offsets: dict[str, int],
+def _write(storage: Storage, ordered: Iterator[pa.Table], passthrough: pa.Schema, offsets: dict[str, int],
            contexts: Contexts) -> None:  # fmt: skip
     """manifest.parquet, manifest.jsonl and the checkpoint in one pass, a chunk of rows at a time; they land in
     that order (the checkpoint last: until it does, the logs still count)."""
-    schema = to_arrow([], passthrough).schema
+    schema = manifest_schema(passthrough)
     metadata = {_CONSUMED: json.dumps(offsets).encode(), _CONTEXTS: contexts.to_json()}
     with (
         storage.open_atomic(CHECKPOINT, moment="manifest_jsonl_written") as checkpoint_handle,
@@ -192,10 +204,11 @@ def _write(storage: Storage, ordered: Iterator[pa.Table], passthrough: list[str]
 
 
 def _manifest_table(records: pa.Table, extras: list[dict], schema: pa.Schema) -> pa.Table:
-    """Log records -> manifest rows, column by column: the passthrough cells come out of `extra` as text."""
-    passthrough = schema.names[len(SCHEMA) :]
-    texts = [pa.array([text_cell(extra.get(name)) for extra in extras], pa.string()) for name in passthrough]
-    return pa.Table.from_arrays([*records.select(SCHEMA.names).columns, *texts], schema=schema)
+    """Log records -> manifest rows, column by column: the passthrough cells come out of `extra` with their
+    column's type."""
+    passthrough = list(schema)[len(SCHEMA) :]
+    cells = [typed_column([extra.get(f.name) for extra in extras], f.type) for f in passthrough]
+    return pa.Table.from_arrays([*records.select(SCHEMA.names).columns, *cells], schema=schema)
 
 
 def _json_lines(records: pa.Table, extras: list[dict]) -> bytes:
