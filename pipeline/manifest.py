@@ -36,6 +36,7 @@ _TYPES = b"layerdiffuse.passthrough_schema"  # the passthrough columns' Arrow sc
 CHUNK = 16_384  # rows per row group: memory stays flat while a million rows are written
 PIECE = 1_024  # rows turned into Python records at a time (~12 KB each as dicts, ~0.46 KB in Arrow)
 _FINISHED_AT = SCHEMA.get_field_index("finished_at")
+TAIL = 1 << 16  # bytes read from a manifest.jsonl's end at first (a longer last line: more)
 
 
 @dataclass(frozen=True)
@@ -59,20 +60,30 @@ def write_keys(storage: Storage, keys: list[str], passthrough: pa.Schema | list[
             return
     except (FileNotFoundError, pa.ArrowInvalid, OSError):
         pass
-    storage.write(KEYS, _parquet_bytes(table.replace_schema_metadata(metadata)))
+    storage.write(KEYS, parquet_bytes(table.replace_schema_metadata(metadata)))
 
 
 def read_keys(storage: Storage) -> tuple[pa.Array, pa.Schema]:
-    """(row keys in input order, passthrough columns) of the folder's table."""
-    if not storage.exists(KEYS):  # a folder of an earlier version: the keys are in run.json
-        return pa.array(read_run_info(storage)["keys"], pa.string()), pa.schema([])
-    table = pq.read_table(storage.path(KEYS), filesystem=storage.fs)
-    metadata = table.schema.metadata
+    """(row keys in input order, passthrough columns) of the folder's table; a keys file that is missing or
+    damaged is rebuilt from what the folder holds (repair.py)."""
+    try:
+        table = pq.read_table(storage.path(KEYS), filesystem=storage.fs)
+        return table.column("id").combine_chunks(), _passthrough(table.schema.metadata)
+    except FileNotFoundError:
+        keys = run_info(storage).get("keys")
+        if keys is not None:  # a folder of an earlier version: the keys are in run.json
+            return pa.array(keys, pa.string()), pa.schema([])
+    except (ValueError, KeyError, TypeError):  # a bad footer, metadata that is not ours: a damaged file
+        pass
+    from .repair import rebuild_keys
+
+    return rebuild_keys(storage)
+
+
+def _passthrough(metadata: dict) -> pa.Schema:
     if _TYPES in metadata:
-        passthrough = pa.ipc.read_schema(pa.py_buffer(base64.b64decode(metadata[_TYPES])))
-    else:  # written by an earlier version: every passthrough column as text
-        passthrough = passthrough_schema(json.loads(metadata[_PASSTHROUGH]))
-    return table.column("id").combine_chunks(), passthrough
+        return pa.ipc.read_schema(pa.py_buffer(base64.b64decode(metadata[_TYPES])))
+    return passthrough_schema(json.loads(metadata[_PASSTHROUGH]))  # an earlier version's: every column as text
 
 
 def folder_state(storage: Storage, columns: list[str] | None = None) -> pa.Table:
@@ -99,7 +110,7 @@ def merge(storage: Storage, keys: pa.Array | None = None, passthrough: pa.Schema
     new, _ = read_new(storage, consumed, ["id"])
     if pc.any(pc.invert(pc.is_in(keys, pa.concat_tables([old, new]).column("id")))).as_py():
         return None  # most processes of a launch finish before the last one
-    written = storage.exists(MANIFEST_PARQUET) and storage.exists(MANIFEST_JSONL)
+    written = manifests_intact(storage, keys)  # else damaged or missing: written again
     if new.num_rows == 0 and written and old.column("id").combine_chunks().equals(keys):
         statuses = _checkpoint(storage, ["status"])[0].column("status")
         return Merged(len(keys), _unfinished(statuses), rewritten=False)  # the checkpoint is in key order
@@ -113,6 +124,34 @@ def merge(storage: Storage, keys: pa.Array | None = None, passthrough: pa.Schema
     take = last[where.to_numpy()]
     _write(storage, _in_order(records, take), passthrough or pa.schema([]), offsets, contexts)
     return Merged(len(keys), _unfinished(records.column("status").take(take)), rewritten=True)
+
+
+def manifests_intact(storage: Storage, keys: pa.Array) -> bool:
+    """Whether both manifests are whole, judged by their ends: manifest.parquet's footer has a row per key,
+    manifest.jsonl ends with a whole line for the last key. No record is read."""
+    try:
+        footer = pq.read_metadata(storage.path(MANIFEST_PARQUET), filesystem=storage.fs)
+        last = json.loads(_last_line(storage, MANIFEST_JSONL))
+    except (FileNotFoundError, ValueError):  # missing, a bad footer, a line cut short
+        return False
+    whole = isinstance(last, dict) and len(keys) > 0 and last.get("id") == keys[-1].as_py()
+    return whole and footer.num_rows == len(keys)
+
+
+def _last_line(storage: Storage, relative: str) -> bytes:
+    path = storage.path(relative)
+    size, span = storage.fs.size(path), TAIL
+    with storage.fs.open(path, "rb") as handle:
+        while True:
+            start = max(0, size - span)
+            handle.seek(start)
+            tail = handle.read(size - start)
+            if not tail.endswith(b"\n"):
+                raise ValueError(f"{relative} ends in the middle of a line")
+            cut = tail.rfind(b"\n", 0, len(tail) - 1)
+            if cut >= 0 or start == 0:
+                return tail[cut + 1 :]
+            span *= 4
 
 
 def missing_keys(storage: Storage) -> list[str]:
@@ -134,13 +173,33 @@ def _checkpoint(storage: Storage, columns: list[str] | None = None) -> tuple[pa.
     schema = LOG_SCHEMA if columns is None else pa.schema([LOG_SCHEMA.field(c) for c in columns])
     try:
         table = pq.read_table(storage.path(CHECKPOINT), filesystem=storage.fs, columns=columns)
-    except (FileNotFoundError, OSError, pa.ArrowInvalid):
+    except FileNotFoundError:
+        from .repair import seed_checkpoint
+
+        return _checkpoint(storage, columns) if seed_checkpoint(storage) else (schema.empty_table(), {}, Contexts())
+    except (OSError, pa.ArrowInvalid):
         table = None
-    metadata = {} if table is None else table.schema.metadata or {}
-    if table is None or not table.schema.remove_metadata().equals(schema) or _CONTEXTS not in metadata:
+    if table is None or not table.schema.remove_metadata().equals(schema):
         return schema.empty_table(), {}, Contexts()
-    contexts = Contexts(json.loads(metadata[_CONTEXTS]))
-    return table.replace_schema_metadata(None), json.loads(metadata[_CONSUMED]), contexts
+    try:
+        consumed, contexts = _checkpoint_metadata(table.schema.metadata or {})
+    except (ValueError, KeyError, TypeError):  # damaged: set aside like an earlier schema's, the next merge rewrites it
+        return schema.empty_table(), {}, Contexts()
+    return table.replace_schema_metadata(None), consumed, contexts
+
+
+def checkpoint_metadata(offsets: dict[str, int], contexts: Contexts) -> dict[bytes, bytes]:
+    """What the checkpoint's metadata holds: the logs' byte offsets it consumed and the contexts."""
+    return {_CONSUMED: json.dumps(offsets).encode(), _CONTEXTS: contexts.to_json()}
+
+
+def _checkpoint_metadata(metadata: dict) -> tuple[dict[str, int], Contexts]:
+    consumed, contexts = json.loads(metadata[_CONSUMED]), json.loads(metadata[_CONTEXTS])
+    if not all(isinstance(n, str) and type(v) is int for n, v in consumed.items()):
+        raise TypeError("not byte offsets of logs")
+    if not all(isinstance(c, dict) for c in contexts):
+        raise TypeError("not contexts")
+    return consumed, Contexts(contexts)
 
 
 def _last_positions(ids: pa.ChunkedArray) -> tuple[pa.Array, np.ndarray]:
@@ -186,7 +245,7 @@ def _write(storage: Storage, ordered: Iterator[pa.Table], passthrough: pa.Schema
     """manifest.parquet, manifest.jsonl and the checkpoint in one pass, a chunk of rows at a time; they land in
     that order (the checkpoint last: until it does, the logs still count)."""
     schema = manifest_schema(passthrough)
-    metadata = {_CONSUMED: json.dumps(offsets).encode(), _CONTEXTS: contexts.to_json()}
+    metadata = checkpoint_metadata(offsets, contexts)
     with (
         storage.open_atomic(CHECKPOINT, moment="manifest_jsonl_written") as checkpoint_handle,
         storage.open_atomic(MANIFEST_JSONL, moment="manifest_parquet_written") as jsonl,
@@ -218,7 +277,7 @@ def _json_lines(records: pa.Table, extras: list[dict]) -> bytes:
     return b"".join(json_line({**json_record(row), **extra}) for row, extra in zip(rows, extras, strict=True))
 
 
-def _parquet_bytes(table: pa.Table) -> bytes:
+def parquet_bytes(table: pa.Table) -> bytes:
     sink = pa.BufferOutputStream()
     pq.write_table(table, sink)
     return sink.getvalue().to_pybytes()
@@ -231,3 +290,12 @@ def write_run_info(storage: Storage, info: dict) -> None:
 def read_run_info(storage: Storage) -> dict:
     """What `generate` recorded about the run: input, row count, configuration, statistics."""
     return json.loads(storage.read_bytes(RUN_INFO))
+
+
+def run_info(storage: Storage) -> dict:
+    """`read_run_info`, or {} where run.json is missing or damaged (it is rewritten by every run)."""
+    try:
+        info = read_run_info(storage)
+    except (FileNotFoundError, ValueError):
+        return {}
+    return info if isinstance(info, dict) else {}

@@ -4,6 +4,7 @@ rebuilt, and no cell or file ends a command with a traceback."""
 import base64
 import datetime as dt
 import json
+import shutil
 from decimal import Decimal
 
 import pyarrow as pa
@@ -100,3 +101,125 @@ def test_lone_surrogate_makes_its_row_invalid(tmp_path, tiny_config_file):
     assert bad["input"]["prompt"] == "a lamp \ufffd" and odd["note"] == ["\ufffd"]
     assert fine["status"] == "ok" and fine["prompt"] == "a key \U0001f600"
     assert pq.read_table(out / "manifest.parquet").column("note").to_pylist() == [None, '["\ufffd"]', "ok"]
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory, tiny_config_file):
+    """A finished folder (3 rows, one invalid, a passthrough column) to damage copies of."""
+    folder = tmp_path_factory.mktemp("finished")
+    (folder / "t.csv").write_text("id,prompt,width,note\na,a lamp,,x\nb,a cup,100,y\nc,a key,,z\n")
+    assert run("generate", folder / "t.csv", "--out", folder / "out", config=tiny_config_file).exit_code == 3
+    return folder / "out"
+
+
+def damaged(finished, tmp_path, damage) -> tuple:
+    out = tmp_path / "out"
+    shutil.copytree(finished, out)
+    damage(out)
+    return out, finished
+
+
+def same_manifests(out, reference) -> bool:
+    stable = lambda records: [{k: v for k, v in r.items() if k != "finished_at"} for r in records]  # noqa: E731
+    return (pq.read_table(out / "manifest.parquet").equals(pq.read_table(reference / "manifest.parquet"))
+            and stable(jsonl(out)) == stable(jsonl(reference)))  # fmt: skip
+
+
+def cut(relative: str, keep):
+    def damage(out):
+        data = (out / relative).read_bytes()
+        (out / relative).write_bytes(data[: keep(data)])
+
+    return damage
+
+
+BAD_FOOTER = cut("manifest.parquet", lambda data: len(data) - 12)
+HALF_LINE = cut("manifest.jsonl", lambda data: len(data) - 40)
+LAST_LINE_GONE = cut("manifest.jsonl", lambda data: data.rstrip(b"\n").rfind(b"\n") + 1)
+
+
+@pytest.mark.parametrize("damage", [BAD_FOOTER, HALF_LINE, LAST_LINE_GONE], ids=["footer", "half-line", "last-line"])
+@pytest.mark.parametrize("command", ["merge", "status", "generate", "report"])
+def test_damaged_manifest_is_rebuilt(finished, tmp_path, tiny_config_file, damage, command):
+    out, reference = damaged(finished, tmp_path, damage)
+    args = {"merge": ["merge", out], "status": ["status", out], "report": ["report", out],
+            "generate": ["generate", finished.parent / "t.csv", "--out", out, "--verify"]}[command]  # fmt: skip
+    result = run(*args, config=tiny_config_file if command == "generate" else None)
+    assert result.exit_code == (0 if command in ("merge", "report") else 3), result.output
+    if command == "merge":
+        assert f"wrote {out}/manifest.parquet" in result.output
+    assert same_manifests(out, reference)
+
+
+def test_export_of_a_damaged_manifest_says_how_to_rebuild_it(finished, tmp_path):
+    out, reference = damaged(finished, tmp_path, BAD_FOOTER)
+    refused = run("export", out, "--format", "parquet", "--to", tmp_path / "dest")
+    assert refused.exit_code == 2 and "manifest.parquet is damaged" in refused.output
+    assert f"rebuild it: `layerdiffuse merge {out}`" in refused.output and "Traceback" not in refused.output
+    assert run("merge", out).exit_code == 0 and same_manifests(out, reference)
+    assert run("export", out, "--format", "parquet", "--to", tmp_path / "dest").exit_code == 0
+
+
+def keys_of(out):
+    table = pq.read_table(out / "parts" / "keys.parquet")
+    return table.column("id").to_pylist(), table.schema.metadata
+
+
+@pytest.mark.parametrize("lost", ["parts/keys.parquet", "parts"])
+@pytest.mark.parametrize("command", ["status", "merge"])
+def test_lost_keys_or_parts_are_rebuilt_from_the_manifest(finished, tmp_path, lost, command):
+    out, reference = damaged(finished, tmp_path, lambda out: shutil.rmtree(out / lost) if lost == "parts" else
+                             (out / lost).unlink())  # fmt: skip
+    result = run(command, out)
+    assert result.exit_code == (3 if command == "status" else 0), result.output
+    if command == "status":
+        assert "total=3 done=2 failed=0 invalid=1 pending=0" in result.output
+    assert keys_of(out) == keys_of(reference) and same_manifests(out, reference)
+
+
+def bad_checkpoint_metadata(out):
+    table = pq.read_table(out / "parts" / "checkpoint.parquet")
+    metadata = {**table.schema.metadata, b"layerdiffuse.contexts": b"[{not json"}
+    pq.write_table(table.replace_schema_metadata(metadata), out / "parts" / "checkpoint.parquet")
+
+
+def test_checkpoint_with_damaged_metadata_is_set_aside_and_rewritten(finished, tmp_path, tiny_config_file):
+    out, reference = damaged(finished, tmp_path, bad_checkpoint_metadata)
+    status = run("status", out)
+    assert status.exit_code == 3 and "total=3 done=2 failed=0 invalid=1 pending=0" in status.output
+    merged = run("merge", out)
+    assert merged.exit_code == 0 and "wrote" in merged.output and same_manifests(out, reference)
+    checkpoint = pq.read_table(out / "parts" / "checkpoint.parquet")
+    assert json.loads(checkpoint.schema.metadata[b"layerdiffuse.contexts"])  # whole again
+    bad_checkpoint_metadata(out)
+    rerun = run("generate", finished.parent / "t.csv", "--out", out, "--log-format", "json", config=tiny_config_file)
+    assert rerun.exit_code == 3 and json.loads(rerun.stderr.splitlines()[-2])["skipped"] == 2  # nothing redone
+
+
+def test_keys_with_a_bad_footer_are_rebuilt(finished, tmp_path):
+    out, reference = damaged(finished, tmp_path, cut("parts/keys.parquet", lambda data: len(data) - 9))
+    assert run("status", out).exit_code == 3 and keys_of(out) == keys_of(reference)
+
+
+def test_lost_keys_and_manifests_are_rebuilt_from_records_of_every_row(finished, tmp_path):
+    def lose(out):
+        for name in ("parts/keys.parquet", "manifest.parquet", "manifest.jsonl"):
+            (out / name).unlink()
+
+    out, reference = damaged(finished, tmp_path, lose)
+    merged = run("merge", out)
+    assert merged.exit_code == 0, merged.output
+    assert keys_of(out)[0] == keys_of(reference)[0] and jsonl(out)[1]["note"] == "y"
+
+
+def test_folder_without_keys_or_records_says_how_to_restore_it(finished, tmp_path):
+    def lose(out):
+        shutil.rmtree(out / "parts")
+        (out / "manifest.parquet").unlink()
+
+    out, _ = damaged(finished, tmp_path, lose)
+    for command in ("status", "merge", "report"):
+        result = run(command, out)
+        assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+        assert f"{out}/parts/keys.parquet is missing or damaged" in result.output
+        assert f"run `layerdiffuse generate TABLE --out {out}` again" in result.output
