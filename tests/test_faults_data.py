@@ -26,7 +26,7 @@ EVERY_TYPE = {  # a passthrough column of each kind of Arrow type a user's table
     "meta": pa.array(
         [{"when": dt.datetime(2020, 1, 1), "raw": b"\x01"}, None],
         pa.struct([("when", pa.timestamp("ms")), ("raw", pa.binary())]),
-    ),  # fmt: skip
+    ),
     "pairs": pa.array([[("k", 1)], None], pa.map_(pa.string(), pa.int32())),
     "kind": pa.array(["p", "q"]).dictionary_encode(),
     "score": pa.array([1.5, None], pa.float32()),
@@ -58,7 +58,10 @@ def test_every_arrow_type_round_trips_into_both_manifests(tmp_path, tiny_config_
     assert (a["clock"], a["price"], b["price"]) == ("01:02:03.000004", "12.345", "-0.001")
     assert base64.b64decode(a["blob"]) == b"\x00\xffPNG" and a["tags"] == ["x", "y"]
     assert a["meta"] == {"when": "2020-01-01T00:00:00", "raw": base64.b64encode(b"\x01").decode()}
-    assert (a["pairs"], a["kind"], a["score"]) == ([["k", 1]], "p", 1.5)
+    assert (a["pairs"], a["kind"], a["score"], a["span"]) == ([["k", 1]], "p", 1.5, "P1DT0H0M0.000005S")
+    logged = [json.loads(line) for log in (out / "parts").glob("*.jsonl") for line in log.read_text().splitlines()]
+    assert {json.loads(r["extra"])["stamp"] for r in logged} == {a["stamp"], b["stamp"]}  # the logs' JSON too
+    assert run("report", out).exit_code == 0
     rerun = run("generate", tmp_path / "t.parquet", "--out", out, "--log-format", "json", config=tiny_config_file)
     summary = json.loads(rerun.stderr.splitlines()[-2])
     assert rerun.exit_code == 0 and (summary["skipped"], summary["ok"]) == (2, 0)
