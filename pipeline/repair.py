@@ -3,8 +3,9 @@
 Only the images and the part logs are original; the keys file, the checkpoint and the two manifests are derived
 from the table and the logs. A damaged one is never trusted: the keys are rebuilt from manifest.parquet or
 from records of every row, the manifests by merging again (the checkpoint, when damaged, is ignored by
-manifest.py and rewritten by that merge). Damage is judged by the files' ends alone (the Parquet footer, the
-last line of manifest.jsonl), so a start still reads no record to know.
+manifest.py and rewritten by that merge; when lost with every log, it is seeded from manifest.parquet). Damage
+is judged by the files' ends alone (the Parquet footer, the last line of manifest.jsonl), so a start still
+reads no record to know.
 """
 
 from __future__ import annotations
