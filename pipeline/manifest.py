@@ -176,7 +176,8 @@ def _checkpoint(storage: Storage, columns: list[str] | None = None) -> tuple[pa.
     except FileNotFoundError:
         from .repair import seed_checkpoint
 
-        return _checkpoint(storage, columns) if seed_checkpoint(storage) else (schema.empty_table(), {}, Contexts())
+        table = seed_checkpoint(storage)
+        table = None if table is None else table.select(schema.names)
     except (OSError, pa.ArrowInvalid):
         table = None
     if table is None or not table.schema.remove_metadata().equals(schema):

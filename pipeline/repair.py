@@ -89,18 +89,20 @@ def repair_manifests(storage: Storage) -> bool:
     return merged is not None and merged.rewritten
 
 
-def seed_checkpoint(storage: Storage) -> bool:
+def seed_checkpoint(storage: Storage) -> pa.Table | None:
     """Where parts/ lost its logs and checkpoint (deleted, or a copy of the folder without it) but
-    manifest.parquet is whole, the checkpoint is written from the manifest: nothing done is redone."""
+    manifest.parquet is whole, the checkpoint is written from the manifest, so nothing done is redone; the
+    checkpoint as written, or None."""
     if part_names(storage) or not storage.exists(MANIFEST_PARQUET):
-        return False
+        return None
     try:
         manifest = pq.read_table(storage.path(MANIFEST_PARQUET), filesystem=storage.fs)
     except ValueError:  # damaged too: the rows are redone
-        return False
+        return None
     records, contexts = _log_records(manifest)
-    storage.write(CHECKPOINT, parquet_bytes(records.replace_schema_metadata(checkpoint_metadata({}, contexts))))
-    return True
+    checkpoint = records.replace_schema_metadata(checkpoint_metadata({}, contexts))
+    storage.write(CHECKPOINT, parquet_bytes(checkpoint))
+    return checkpoint
 
 
 def _log_records(manifest: pa.Table) -> tuple[pa.Table, Contexts]:

@@ -181,6 +181,13 @@ def test_lost_keys_or_parts_are_rebuilt_from_the_manifest(finished, tmp_path, lo
     assert keys_of(out) == keys_of(reference) and same_manifests(out, reference)
 
 
+def test_lost_parts_redo_nothing(finished, tmp_path, tiny_config_file):
+    out, reference = damaged(finished, tmp_path, lambda out: shutil.rmtree(out / "parts"))
+    rerun = run("generate", finished.parent / "t.csv", "--out", out, "--log-format", "json", config=tiny_config_file)
+    assert rerun.exit_code == 3 and json.loads(rerun.stderr.splitlines()[-2])["skipped"] == 2
+    assert same_manifests(out, reference)
+
+
 def bad_checkpoint_metadata(out):
     table = pq.read_table(out / "parts" / "checkpoint.parquet")
     metadata = {**table.schema.metadata, b"layerdiffuse.contexts": b"[{not json"}
