@@ -49,7 +49,7 @@ def rebuild_keys(storage: Storage) -> tuple[pa.Array, pa.Schema]:
         raise FolderStateError(
             f"{storage.shown(KEYS)} is missing or damaged, and the folder holds no whole manifest or record of "
             f"every row to rebuild it from; run `layerdiffuse generate TABLE --out {storage}` again with the "
-            "folder's table: it writes the file anew and redoes nothing that is done"
+            "folder's table: it writes the file anew and redoes only rows that have no record left"
         )
     write_keys(storage, found[0].to_pylist(), found[1])
     return found
