@@ -20,6 +20,8 @@ MAX_GUIDANCE = 50.0
 MAX_IMAGES = 1000  # images of one row (num_images); more is almost surely a typing mistake
 TRUE_WORDS, FALSE_WORDS = {"true", "t", "yes", "y", "1"}, {"false", "f", "no", "n", "0"}
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+_SURROGATE = re.compile("[\ud800-\udfff]")  # lone surrogates: text that no UTF-8 file can hold
+_UNPLAIN = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ud800-\udfff]")  # control characters, lone surrogates
 
 
 class CellError(ValueError):
@@ -86,6 +88,8 @@ def parse_column(name: str, values: list, defaults) -> tuple[list, dict[int, str
 
 
 def _slow(name: str, raw, parse, default):
+    if problem := unwritable(raw):
+        raise CellError(problem)
     if not missing(raw):
         return parse(raw)
     if name == "prompt" and default is None:
@@ -94,7 +98,7 @@ def _slow(name: str, raw, parse, default):
 
 
 def _plain_text(value: str) -> bool:
-    return len(value) <= MAX_PROMPT_CHARS and not _CONTROL.search(value)
+    return len(value) <= MAX_PROMPT_CHARS and not _UNPLAIN.search(value)
 
 
 def _plain_int(value, low: int, high: int):
@@ -119,6 +123,32 @@ def _plain_side(value):
 def missing(value) -> bool:
     """An empty cell: it takes the default."""
     return value is None or (isinstance(value, float) and math.isnan(value)) or value == ""
+
+
+def valid_text(text: str) -> str:
+    """Text any file can hold: a lone surrogate (from a `\\ud800` escape in JSON) becomes U+FFFD."""
+    return _SURROGATE.sub("\ufffd", text) if not text.isascii() else text
+
+
+def lone_surrogate(value) -> str | None:
+    """The first lone surrogate anywhere in a cell (text, or lists and objects of it), as `U+D800`."""
+    if isinstance(value, str):
+        found = None if value.isascii() else _SURROGATE.search(value)
+        return f"U+{ord(found.group()):04X}" if found else None
+    if isinstance(value, dict):
+        value = [*value.keys(), *value.values()]
+    if isinstance(value, (list, tuple)):
+        return next((found for v in value if (found := lone_surrogate(v))), None)
+    return None
+
+
+def unwritable(value) -> str | None:
+    """Why a cell holds text that no file can store (a lone surrogate), or None."""
+    found = lone_surrogate(value)
+    if found is None:
+        return None
+    return (f"contains {found}, a lone surrogate (a JSON escape like \\ud800 without its pair) that is not "
+            "valid Unicode; remove it or escape the whole character")  # fmt: skip
 
 
 def show(value) -> str:

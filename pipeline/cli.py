@@ -395,6 +395,7 @@ def status(out_dir, as_json, verify):
 def _read_folder(function, out_dir: str):
     """Call `function(storage)` on an output folder, or say why DIR is not one (exit 2)."""
     from .manifest import KEYS, RUN_INFO
+    from .repair import FolderStateError
     from .storage import Storage
 
     storage = Storage(out_dir)
@@ -406,7 +407,10 @@ def _read_folder(function, out_dir: str):
     if not found:
         message = f"{display(out_dir)}: not an output folder of `layerdiffuse generate` ({storage.shown(KEYS)} missing)"
         raise ExitError(message, ExitCode.USAGE)
-    return function(storage)
+    try:
+        return function(storage)
+    except FolderStateError as exc:  # damaged beyond what the folder can rebuild; the message says what to do
+        raise ExitError(str(exc), ExitCode.USAGE) from None
 
 
 @cli.command("merge", epilog=epilog("merge"))

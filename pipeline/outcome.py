@@ -8,6 +8,7 @@ from typing import Any, Union
 import numpy as np
 
 from .logs import utc_now
+from .passthrough import text_cell
 from .records import PARAM_COLUMNS, Batch, InvalidRow, LoraSet, Row, Status
 from .schema import LORA, MANIFEST_FIELDS
 
@@ -117,4 +118,5 @@ def _passthrough(values: dict) -> dict:
 
 
 def _cells(values: dict) -> dict:
-    return {k: None if v is None else str(v) for k, v in values.items()}
+    """An invalid row's raw cells as text (any other value as its JSON): its cells may be of any type."""
+    return {k: text_cell(v) for k, v in values.items()}

@@ -21,6 +21,7 @@ import pyarrow.compute as pc
 
 from .contexts import INDEX, Contexts
 from .faults import fault_point
+from .passthrough import json_default, json_text
 from .schema import CONTEXT_FIELDS, PART_SCHEMA, SCHEMA, json_record
 from .storage import OutputError, Storage
 
@@ -39,10 +40,10 @@ def part_stem(rank: int, world_size: int) -> str:
 def part_line(record: dict) -> str:
     """A manifest record as one log line: passthrough columns and raw cells as JSON text, no context."""
     known = {k: v for k, v in record.items() if k in PART_SCHEMA.names and k not in CONTEXT_FIELDS}
-    known["extra"] = json.dumps({k: v for k, v in record.items() if k not in SCHEMA.names}, ensure_ascii=False)
+    known["extra"] = json_text({k: v for k, v in record.items() if k not in SCHEMA.names})
     if record.get("input") is not None:
-        known["input"] = json.dumps(record["input"], ensure_ascii=False)
-    return json.dumps(known, ensure_ascii=False, default=str) + "\n"
+        known["input"] = json_text(record["input"])
+    return json.dumps(known, ensure_ascii=False, default=json_default) + "\n"
 
 
 def record_from_part(row: dict) -> dict:

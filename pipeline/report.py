@@ -26,6 +26,7 @@ from PIL import Image, ImageColor, ImageDraw, ImageFont
 from .manifest import MANIFEST_PARQUET, folder_state, read_keys, read_run_info
 from .parts import record_from_part
 from .records import Status
+from .repair import repair_manifests
 from .schema import json_record
 from .storage import Storage
 from .sweep import sweep_temporaries
@@ -50,6 +51,7 @@ def parse_background(text: str) -> str:
 def run_records(storage: Storage, chunk: int = PAGE_SIZE):
     """(row count, the records in input order chunk by chunk): the merged manifest, or for a run still under
     way, every row's latest record so far."""
+    repair_manifests(storage)  # a damaged manifest is merged again first
     if storage.exists(MANIFEST_PARQUET):
         manifest = pq.ParquetFile(storage.path(MANIFEST_PARQUET), filesystem=storage.fs)
         batches = manifest.iter_batches(batch_size=chunk)

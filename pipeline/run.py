@@ -239,7 +239,7 @@ def _prepare_folder(job: Job, table: Table, part: PartWriter) -> None:
             storage.remove(name)
     if not job.process.is_main:
         return
-    write_keys(storage, table.keys, list(table.valid.extra))
+    write_keys(storage, table.keys, table.passthrough)
     fault_point("keys_written")
     if table.invalid:
         state = folder_state(storage, ["id", "status", "error"])
@@ -370,7 +370,7 @@ def _merge(job: Job, table: Table) -> None:
     """The process that sees every row finished writes the merged manifest."""
     if job.summary.interrupted:
         return
-    merged = merge(job.storage, table.keys, list(table.valid.extra))
+    merged = merge(job.storage, table.keys, table.passthrough)
     if merged is not None:
         job.summary.manifest_written = True
         job.summary.unfinished_in_manifest = merged.unfinished

@@ -1,19 +1,20 @@
 """The manifest's one explicit, versioned Arrow schema: the same types whatever the data.
 
 Nulls are typed, `finished_at` is a UTC timestamp, seeds are uint64 (the whole 0 ... 2^64-1 range), and the
-table's passthrough columns follow as text (a text cell unchanged, any other value as its JSON), so the
-manifests of different runs can be read together (pyarrow.dataset, Polars, DuckDB).
+table's passthrough columns follow: a Parquet table's with their own Arrow types, the others as text (a text
+cell unchanged, any other value as its JSON), so the manifests of different runs can be read together
+(pyarrow.dataset, Polars, DuckDB).
 """
 
 from __future__ import annotations
 
 import json
 from dataclasses import fields
-from datetime import datetime
 
 import orjson
 import pyarrow as pa
 
+from .passthrough import json_default, json_value
 from .records import PARAM_COLUMNS
 from .sprite_settings import SpriteSettings
 
@@ -78,6 +79,7 @@ SCHEMA = pa.schema(
     metadata={"layerdiffuse.manifest_version": VERSION},
 )  # fmt: skip
 MANIFEST_FIELDS = tuple(SCHEMA.names)
+_NAMES = frozenset(MANIFEST_FIELDS)
 CONTEXT_FIELDS = ("model", "environment", "rank")  # the same for every record of a process
 # A record in a part log: no context, passthrough columns as JSON text (`extra`).
 PART_SCHEMA = pa.schema([f for f in SCHEMA if f.name not in CONTEXT_FIELDS] + [pa.field("extra", pa.string())])
@@ -87,16 +89,14 @@ assert tuple(SPRITE_SETTINGS.names) == tuple(f.name for f in fields(SpriteSettin
 RESERVED_COLUMNS = frozenset(MANIFEST_FIELDS) - {"id", "loras", *PARAM_COLUMNS}
 
 
-def to_arrow(records: list[dict], passthrough: list[str] | None = None) -> pa.Table:
-    """Records (as in manifest.jsonl) -> a table with SCHEMA plus the passthrough columns as text
-    (`passthrough`: their names, in order; default: those the records carry)."""
-    columns = [pa.array([_cell(name, r.get(name)) for r in records], type=f.type) for name, f in _fields()]
-    extra = _passthrough_names(records) if passthrough is None else passthrough
-    columns += [pa.array([text_cell(r.get(name)) for r in records], pa.string()) for name in extra]
-    schema = SCHEMA
-    for name in extra:
-        schema = schema.append(pa.field(name, pa.string()))
-    return pa.Table.from_arrays(columns, schema=schema)
+def passthrough_schema(names: list[str], types: dict[str, pa.DataType] | None = None) -> pa.Schema:
+    """The passthrough columns as manifest.parquet holds them: a Parquet table's with their own Arrow types,
+    the others (CSV, JSON Lines) as text."""
+    return pa.schema([pa.field(name, (types or {}).get(name, pa.string())) for name in names])
+
+
+def manifest_schema(passthrough: pa.Schema) -> pa.Schema:
+    return pa.schema([*SCHEMA, *passthrough], metadata=SCHEMA.metadata)
 
 
 def json_record(row: dict) -> dict:
@@ -105,6 +105,8 @@ def json_record(row: dict) -> dict:
         row["finished_at"] = row["finished_at"].isoformat(timespec="milliseconds").replace("+00:00", "Z")
     if isinstance(row.get("input"), str):
         row["input"] = json.loads(row["input"])
+    for name in row.keys() - _NAMES:  # passthrough cells of manifest.parquet, with their own Arrow types
+        row[name] = json_value(row[name])
     return row
 
 
@@ -112,32 +114,6 @@ def json_line(record: dict) -> bytes:
     """A record as one line of manifest.jsonl: orjson (2-3x the standard encoder on these records), or the
     standard one for what orjson refuses (an integer beyond 64 bits)."""
     try:
-        return orjson.dumps(record, default=str, option=orjson.OPT_APPEND_NEWLINE)
+        return orjson.dumps(record, default=json_default, option=orjson.OPT_APPEND_NEWLINE)
     except orjson.JSONEncodeError:
-        return (json.dumps(record, ensure_ascii=False, default=str) + "\n").encode()
-
-
-def text_cell(value) -> str | None:
-    """A passthrough cell as manifest.parquet holds it: text unchanged, any other value as its JSON."""
-    if value is None or isinstance(value, str):
-        return value
-    return json.dumps(value, ensure_ascii=False, default=str)
-
-
-def _fields():
-    return ((f.name, f) for f in SCHEMA)
-
-
-def _cell(name: str, value):
-    if name == "finished_at" and isinstance(value, str):
-        return datetime.fromisoformat(value.replace("Z", "+00:00"))
-    if name == "input" and value is not None:
-        return json.dumps(value, ensure_ascii=False)
-    return value
-
-
-def _passthrough_names(records: list[dict]) -> list[str]:
-    names: dict[str, None] = {}
-    for record in records:
-        names.update(dict.fromkeys(k for k in record if k not in SCHEMA.names))
-    return list(names)
+        return (json.dumps(record, ensure_ascii=False, default=json_default) + "\n").encode()

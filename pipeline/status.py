@@ -7,11 +7,14 @@ import pyarrow.compute as pc
 from .manifest import STATE_COLUMNS, folder_state, read_keys
 from .pending import decide
 from .records import Status
+from .repair import repair_manifests
 from .storage import Storage
 
 
 def folder_status(storage: Storage, verify: bool = False) -> dict[str, int]:
-    """No image is opened unless `verify`, which re-hashes every image and counts changed ones as damaged."""
+    """No image is opened unless `verify`, which re-hashes every image and counts changed ones as damaged.
+    Damaged manifests are merged again (derived files: a status must not say done over a broken manifest)."""
+    repair_manifests(storage)
     keys, _ = read_keys(storage)
     state = folder_state(storage, STATE_COLUMNS)
     decision = decide(storage, keys.to_pylist(), state, verify=verify)

@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
 
-from .cells import missing, parse_column, show
+from .cells import missing, parse_column, show, unwritable
 from .config import Defaults, TemplateConfig
 from .determinism import derive_seed
 from .records import BATCH_FIELDS, PARAM_COLUMNS, InvalidRow, Row
@@ -68,6 +68,14 @@ class Table:
     valid: RowColumns  # one entry per image: a row asking for several images gives several
     invalid: tuple[InvalidRow, ...]
     row_count: int  # data rows read from the file
+    types: dict = field(default_factory=dict)  # {column: Arrow type} of a Parquet table; others are text
+
+    @property
+    def passthrough(self):
+        """The passthrough columns as manifest.parquet holds them (pyarrow.Schema)."""
+        from .schema import passthrough_schema
+
+        return passthrough_schema(list(self.valid.extra), self.types)
 
     @property
     def total(self) -> int:
@@ -115,7 +123,7 @@ def load_table(path: str | Path, defaults: Defaults, limit: int | None = None,
     Rows that ask for several images, or whose prompt is a template, become one entry per image
     (pipeline/variations.py); `templates` says how templates expand (default: random draws, no wildcards).
     """
-    names, columns = read_columns(str(path))
+    names, columns, types = read_columns(str(path))
     path = display(str(path))
     if "prompt" not in names:
         raise TableError(f"{path}: no 'prompt' column (columns found: {', '.join(names) or 'none'}); "
@@ -128,11 +136,12 @@ def load_table(path: str | Path, defaults: Defaults, limit: int | None = None,
     if limit is not None:
         columns = {name: values[:limit] for name, values in columns.items()}
     valid, invalid = validate_columns(path, names, columns, defaults, templates or TemplateConfig())
-    return Table(path, tuple(names), valid, tuple(invalid), len(columns["prompt"]))
+    return Table(path, tuple(names), valid, tuple(invalid), len(columns["prompt"]), types)
 
 
-def read_columns(source: str) -> tuple[list[str], dict[str, list]]:
-    """Column names and each column's cells, with the file's own types (CSV cells are all text)."""
+def read_columns(source: str) -> tuple[list[str], dict[str, list], dict]:
+    """Column names, each column's cells with the file's own types (CSV cells are all text), and a Parquet
+    table's Arrow type of each column (none for CSV and JSON Lines)."""
     location = display(source)  # messages never show credentials
     try:
         fs, path = locate(source)
@@ -171,14 +180,15 @@ def _read_csv(handle, _location: str):
     # newlines and commas stay inside their cell.
     frame = pd.read_csv(handle, dtype=str, keep_default_na=False, encoding="utf-8-sig", engine="c")
     names = [str(c) for c in frame.columns]
-    return names, {name: frame[column].tolist() for name, column in zip(names, frame.columns, strict=True)}
+    return names, {name: frame[column].tolist() for name, column in zip(names, frame.columns, strict=True)}, {}
 
 
 def _read_parquet(handle, _location: str):
     import pyarrow.parquet as pq
 
     table = pq.read_table(handle)
-    return list(table.column_names), {name: table.column(name).to_pylist() for name in table.column_names}
+    columns = {name: table.column(name).to_pylist() for name in table.column_names}
+    return list(table.column_names), columns, {field.name: field.type for field in table.schema}
 
 
 def _read_jsonl(handle, path: str):
@@ -195,7 +205,7 @@ def _read_jsonl(handle, path: str):
                 raise TableError(f'{path}: line {number} must be a JSON object like {{"prompt": "..."}}')
             columns.update(dict.fromkeys(record))
             records.append(record)
-    return list(columns), {c: [r.get(c) for r in records] for c in columns}
+    return list(columns), {c: [r.get(c) for r in records] for c in columns}, {}
 
 
 def validate_columns(path: str, names: list[str], columns: dict[str, list], defaults: Defaults,
@@ -218,6 +228,7 @@ def validate_columns(path: str, names: list[str], columns: dict[str, list], defa
             errors.setdefault(position, []).append(message)
     counts = _image_counts(columns, defaults, count, errors)
     extra_names = [n for n in names if n not in TABLE_COLUMNS and n not in PARAM_COLUMNS]
+    _unwritable_cells(columns, extra_names, errors)
     invalid = [
         InvalidRow(i + 1, keys[i], tuple(f"{path}: row {i + 1}, {e}" for e in errors[i]),
                    {n: columns[n][i] for n in names})
@@ -246,6 +257,14 @@ def _image_counts(columns: dict[str, list], defaults: Defaults, count: int, erro
     for position, message in cell_errors.items():
         errors.setdefault(position, []).append(message)
     return counts
+
+
+def _unwritable_cells(columns: dict[str, list], names: list[str], errors: dict) -> None:
+    """Passthrough cells that no manifest can hold (text with a lone surrogate, from a JSON escape)."""
+    for name in names:
+        for position, value in enumerate(columns[name]):
+            if problem := unwritable(value):
+                errors.setdefault(position, []).append(f"column {name!r}: value {show(value)} {problem}")
 
 
 def _without(values, errors: dict) -> list:

@@ -44,6 +44,7 @@ class Source:
 
 def open_source(url: str) -> Source:
     """The output folder at `url`, with its manifest's schema; a clear error when it is not one."""
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     try:
@@ -58,6 +59,9 @@ def open_source(url: str) -> Source:
         shown = display(url)
         message = f"{shown}: no {MANIFEST}, so not a finished output folder of `layerdiffuse generate`"
         raise ExportError(f"{message} (finish the run, or assemble it: `layerdiffuse merge {shown}`)") from None
+    except pa.ArrowInvalid as exc:  # a bad footer: the manifest is derived, a merge writes it again
+        shown = display(url)
+        raise ExportError(f"{shown}: {MANIFEST} is damaged ({exc}); rebuild it: `layerdiffuse merge {shown}`") from None
     except Exception as exc:  # also the backend's own errors (a bad bucket name): one line, no secrets
         raise ExportError(scrub(f"{display(url)}: cannot read {MANIFEST}: {type(exc).__name__}: {exc}", url)) from None
     return Source(display(url), fs, root, schema)

@@ -100,7 +100,7 @@ def fabricate(folder: Path, table_path: Path, config_path: Path, png: bytes, don
     hashes = identity.request_hashes([valid.params[c] for c in PARAM_COLUMNS])
     batches = batch_positions(valid.signatures(), config.run.batch_size)
     storage = Storage(folder)
-    write_keys(storage, table.keys, list(valid.extra))
+    write_keys(storage, table.keys, table.passthrough)
     links = Links(folder / "sprite.png", png)
     model = {"base": config.model.base, "injection": "attn", "scheduler": "euler", "dtype": "float32"}
     rgba = np.zeros((1, 1, 4), np.uint8)  # the outcome's pixels are not written here: the link is the image
