@@ -121,6 +121,7 @@ def generate(config: Config, input_path: Path, out: str | Path, shard=None, log:
         table = table.without_safety_checker()
     if config.run.strict and table.invalid:
         raise TableError("\n".join(e for row in table.invalid for e in row.errors) + "\n--strict: nothing was run")
+    model = _model_plan(config, table)  # missing or unusable weights (exit 4) leave no output folder behind
     storage = Storage(out)
     storage.makedirs()
     # 2. one run per folder; 3. plan; 4. render; 5. merge
@@ -128,7 +129,7 @@ def generate(config: Config, input_path: Path, out: str | Path, shard=None, log:
         if observer:
             observer.started(process)
         config = _folder_sprites(config, storage)
-        job = _plan(config, table, storage, process, log, verify)
+        job = _plan(config, table, storage, process, log, verify, model)
         if observer:
             observer.planned(job.summary)
         fault_point("planned")
@@ -146,15 +147,21 @@ def generate(config: Config, input_path: Path, out: str | Path, shard=None, log:
     return job.summary
 
 
-def _plan(config: Config, table: Table, storage: Storage, process: Process, log: Log, verify: bool) -> Job:
-    """Batches on the whole table, then this process's share of those with rows not done."""
+def _model_plan(config: Config, table: Table) -> tuple[object, RowLoraSets]:
+    """The model's files (resolved once) and each row's LoRA set, checked before anything is written."""
     from .model.sources import ensure_tiny_model, resolve_sources
 
     ensure_tiny_model(config.model)
     sources = resolve_sources(config.model, safety_checker=any(table.valid.params["enable_safety_checker"]))
     sources.raise_if_missing()
     _refuse_other_checkpoints(sources)
-    loras = plan_lora_sets(config.model.loras, table.valid.loras)  # a run LoRA that cannot be used: exit 4
+    return sources, plan_lora_sets(config.model.loras, table.valid.loras)  # a run LoRA that cannot be used: exit 4
+
+
+def _plan(config: Config, table: Table, storage: Storage, process: Process, log: Log, verify: bool,
+          model: tuple[object, RowLoraSets]) -> Job:  # fmt: skip
+    """Batches on the whole table, then this process's share of those with rows not done."""
+    sources, loras = model
     identity = request_identity(config, sources)
     started, cpu = time.perf_counter(), time.process_time()
     batches = batch_positions(table.valid.signatures(), config.run.batch_size)
