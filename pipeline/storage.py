@@ -250,7 +250,8 @@ class Storage:
         except PermissionError as exc:
             raise self._access_denied(relative, doing, exc) from exc
         except OSError as exc:
-            raise OutputError(exc.errno, f"cannot {doing} {self.shown(relative)}: {exc}") from exc
+            detail = f"{exc.strerror or exc}; {_hint(exc.errno)}"
+            raise OutputError(exc.errno, f"cannot {doing} {self.shown(relative)}: {detail}") from exc
 
     @contextmanager
     def open_atomic(self, relative: str, moment: str | None = None):

@@ -18,10 +18,15 @@ class Fault:
     answer: int | str  # an HTTP status, or DROP
     after: int = 0  # matching requests let through first
     times: int | None = None  # faults to inject (None: every matching request from then on)
+    armed_by: str | None = None  # a regex: no fault before a request matching it went through
     seen: int = 0
     injected: int = 0
 
     def fires(self, request: str) -> bool:
+        if self.armed_by is not None:
+            if re.search(self.armed_by, request):
+                self.armed_by = None  # this one passes; the next ones may fail
+            return False
         if not re.search(self.pattern, request):
             return False
         self.seen += 1
@@ -43,8 +48,9 @@ class FaultProxy:
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
 
-    def fail(self, pattern: str, answer: int | str = 500, after: int = 0, times: int | None = None) -> Fault:
-        fault = Fault(pattern, answer, after, times)
+    def fail(self, pattern: str, answer: int | str = 500, after: int = 0, times: int | None = None,
+             armed_by: str | None = None) -> Fault:  # fmt: skip
+        fault = Fault(pattern, answer, after, times, armed_by)
         with self._lock:
             self.faults.append(fault)
         return fault
