@@ -112,6 +112,7 @@ def test_no_planted_secret_in_anything_a_run_writes_or_prints(s3, receiver, tmp_
         bucket
     )
     (tmp_path / "t.csv").write_text(TABLE)
+    (tmp_path / "metrics").mkdir()
     out = f"s3://{KEY}:{SECRET}@{bucket}"  # no prefix: the run id comes from the bucket's name
     common = ["--config", tiny_config_file, "--log-format", log_format, "--report", "--trim"]
     results = [
