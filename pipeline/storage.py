@@ -337,7 +337,7 @@ def open_atomic(path: Path, moment: str | None = None, size: int | None = None, 
         Path(tmp).unlink(missing_ok=True)
         written = _written(handle)
         total = f" of {size}" if size is not None else ""
-        message = f"cannot write {path}: {exc.strerror or exc} ({written}{total} bytes written)"
+        message = f"cannot write {path}: {exc.strerror or exc} ({written}{total} bytes written); {_hint(exc.errno)}"
         raise OutputError(exc.errno, message) from exc
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

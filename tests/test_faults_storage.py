@@ -236,3 +236,24 @@ def test_read_only_folder_is_exit_6(local_run, table, tiny_config_file):
     finally:
         for folder in (local_run, local_run / "thumbs"):
             folder.chmod(0o755)
+
+
+# ---------------------------------------------------------------- one normal form per location
+
+
+@pytest.mark.parametrize("spelling", ["s3://b/run", "s3://b/run/", "s3a://b/run", "S3N://b//run/", "s3://b/x/../run",
+                                      "s3://b/./run", "s3://key:secret@b/run"])  # fmt: skip
+def test_every_spelling_of_a_folder_has_one_normal_form(spelling):
+    from pipeline.storage import Location, display
+
+    assert Location.parse(spelling).url == display(spelling) == str(Storage(spelling)) == "s3://b/run"
+    assert Storage(spelling).root == "b/run"
+
+
+def test_credentials_in_an_s3_url_are_used_and_never_shown():
+    from pipeline.storage import scrub
+
+    storage = Storage("s3://AKIDKEY:se%2Fcret@b/run")
+    assert (storage.fs.key, storage.fs.secret) == ("AKIDKEY", "se/cret")
+    assert storage.shown("images") == "s3://b/run/images"
+    assert scrub("denied for AKIDKEY with se/cret (se%2Fcret)") == "denied for *** with *** (***)"
