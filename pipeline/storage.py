@@ -84,14 +84,24 @@ def _normal_path(path: str, text: str) -> str:
 
 
 def _credentials(scheme: str, userinfo: str) -> dict:
+    """The backend options that a URL's `user:password@` gives (none for backends that parse their own)."""
     from urllib.parse import unquote
 
-    if not userinfo:
-        return {}
-    user, _, password = userinfo.partition(":")
-    _SECRETS.update(s for s in {userinfo, user, password, unquote(user), unquote(password)} if len(s) > 1)
-    names = URL_CREDENTIALS.get(scheme)
+    user, _, password = _remember(userinfo).partition(":")
+    names = URL_CREDENTIALS.get(scheme) if userinfo else None
     return {names[0]: unquote(user), names[1]: unquote(password)} if names else {}
+
+
+def _remember(userinfo: str) -> str:
+    """Keep a URL's password for `scrub`, and its user name when that is an access key id (8+ characters:
+    replacing a short name such as `user` everywhere would garble messages and hide nothing)."""
+    from urllib.parse import unquote
+
+    user, _, password = userinfo.partition(":")
+    if password:
+        users = {user, unquote(user)} if len(user) >= 8 else set()
+        _SECRETS.update(s for s in {userinfo, password, unquote(password), *users} if len(s) > 1)
+    return userinfo
 
 
 def _without_userinfo(text: str) -> str:
@@ -123,7 +133,7 @@ def locate(location: str | os.PathLike):
 def scrub(text: str, location: str = "") -> str:
     """`text` without the credentials that `location`, or any URL this process has read, carries."""
     if "://" in location:
-        _credentials("", location.split("://", 1)[1].split("/", 1)[0].rpartition("@")[0])  # remembered
+        _remember(location.split("://", 1)[1].split("/", 1)[0].rpartition("@")[0])
     for secret in sorted(_SECRETS, key=len, reverse=True):
         text = text.replace(secret, "***")
     return text
