@@ -253,7 +253,7 @@ def test_every_spelling_of_a_folder_has_one_normal_form(spelling):
 def test_credentials_in_an_s3_url_are_used_and_never_shown():
     from pipeline.storage import scrub
 
-    storage = Storage("s3://AKIDKEY:se%2Fcret@b/run")
-    assert (storage.fs.key, storage.fs.secret) == ("AKIDKEY", "se/cret")
+    storage = Storage("s3://AKIDEXAMPLEKEY:se%2Fcret@b/run")
+    assert (storage.fs.key, storage.fs.secret) == ("AKIDEXAMPLEKEY", "se/cret")
     assert storage.shown("images") == "s3://b/run/images"
-    assert scrub("denied for AKIDKEY with se/cret (se%2Fcret)") == "denied for *** with *** (***)"
+    assert scrub("denied for AKIDEXAMPLEKEY with se/cret (se%2Fcret)") == "denied for *** with *** (***)"
