@@ -40,6 +40,9 @@ class FolderLock:
             self.release()
             message = f"{name or out_dir} is in use by another run: {holders(out_dir)}"
             raise FolderLocked(message + "; wait for it to finish (a killed run's lock is released)") from None
+        except OSError:  # e.g. a read-only folder: the caller reports it (exit 6); no lock stays half taken
+            self.release()
+            raise
 
     def _take(self, path: Path, mode: int) -> None:
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
