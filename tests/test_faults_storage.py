@@ -257,3 +257,8 @@ def test_credentials_in_an_s3_url_are_used_and_never_shown():
     assert (storage.fs.key, storage.fs.secret) == ("AKIDEXAMPLEKEY", "se/cret")
     assert storage.shown("images") == "s3://b/run/images"
     assert scrub("denied for AKIDEXAMPLEKEY with se/cret (se%2Fcret)") == "denied for *** with *** (***)"
+
+
+def test_report_with_a_file_where_its_thumbnail_folder_must_be(local_run):
+    (local_run / "thumbs").write_text("in the way")  # a real fault that root cannot write through either
+    one_line_error(cli("report", local_run), 6, str(local_run / "thumbs"))
