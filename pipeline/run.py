@@ -7,7 +7,7 @@ import json
 import signal
 import threading
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Protocol
@@ -121,15 +121,15 @@ def generate(config: Config, input_path: Path, out: str | Path, shard=None, log:
         table = table.without_safety_checker()
     if config.run.strict and table.invalid:
         raise TableError("\n".join(e for row in table.invalid for e in row.errors) + "\n--strict: nothing was run")
-    model = _model_plan(config, table)  # missing or unusable weights (exit 4) leave no output folder behind
     storage = Storage(out)
+    made = _first_missing(storage)
     storage.makedirs()
     # 2. one run per folder; 3. plan; 4. render; 5. merge
-    with lock_folder(storage, process, shard):
+    with lock_folder(storage, process, shard), _unmade_if_refused(storage, made):
         if observer:
             observer.started(process)
         config = _folder_sprites(config, storage)
-        job = _plan(config, table, storage, process, log, verify, model)
+        job = _plan(config, table, storage, process, log, verify)
         if observer:
             observer.planned(job.summary)
         fault_point("planned")
@@ -147,21 +147,45 @@ def generate(config: Config, input_path: Path, out: str | Path, shard=None, log:
     return job.summary
 
 
-def _model_plan(config: Config, table: Table) -> tuple[object, RowLoraSets]:
-    """The model's files (resolved once) and each row's LoRA set, checked before anything is written."""
+def _first_missing(storage: Storage) -> Path | None:
+    """The outermost folder of a local output path that does not exist yet (the run creates it)."""
+    if not storage.is_local or storage.local().exists():
+        return None
+    folder = storage.local().absolute()
+    while not folder.parent.exists():
+        folder = folder.parent
+    return folder
+
+
+@contextmanager
+def _unmade_if_refused(storage: Storage, made: Path | None):
+    """The folders this run made are removed again when the model refuses the run (exit 4): they hold only
+    the lock files then, removed while still held (so no other run can be using them)."""
+    from .model.sources import ModelLoadError
+
+    try:
+        yield
+    except ModelLoadError:
+        if made is not None:
+            for lock in storage.local().glob(".lock*"):
+                lock.unlink(missing_ok=True)
+            folder = storage.local().absolute()
+            with suppress(OSError):  # not empty: something else was written there, so it stays
+                while folder.is_relative_to(made):
+                    folder.rmdir()
+                    folder = folder.parent
+        raise
+
+
+def _plan(config: Config, table: Table, storage: Storage, process: Process, log: Log, verify: bool) -> Job:
+    """Batches on the whole table, then this process's share of those with rows not done."""
     from .model.sources import ensure_tiny_model, resolve_sources
 
     ensure_tiny_model(config.model)
     sources = resolve_sources(config.model, safety_checker=any(table.valid.params["enable_safety_checker"]))
     sources.raise_if_missing()
     _refuse_other_checkpoints(sources)
-    return sources, plan_lora_sets(config.model.loras, table.valid.loras)  # a run LoRA that cannot be used: exit 4
-
-
-def _plan(config: Config, table: Table, storage: Storage, process: Process, log: Log, verify: bool,
-          model: tuple[object, RowLoraSets]) -> Job:  # fmt: skip
-    """Batches on the whole table, then this process's share of those with rows not done."""
-    sources, loras = model
+    loras = plan_lora_sets(config.model.loras, table.valid.loras)  # a run LoRA that cannot be used: exit 4
     identity = request_identity(config, sources)
     started, cpu = time.perf_counter(), time.process_time()
     batches = batch_positions(table.valid.signatures(), config.run.batch_size)

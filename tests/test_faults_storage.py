@@ -205,8 +205,11 @@ def test_an_ambiguous_out_with_double_colons_is_refused_and_nothing_is_made(tmp_
 def test_a_missing_model_leaves_no_output_folder(tmp_path, table):
     config = tmp_path / "c.yaml"
     config.write_text(f"model:\n  base: {tmp_path / 'no-such-model'}\n  device: cpu\n")
-    assert generate(table, tmp_path / "out", config).returncode == 4
-    assert not (tmp_path / "out").exists()
+    assert generate(table, tmp_path / "new" / "out", config).returncode == 4
+    assert not (tmp_path / "new").exists()
+    (tmp_path / "kept").mkdir()
+    assert generate(table, tmp_path / "kept", config).returncode == 4
+    assert (tmp_path / "kept").is_dir()  # a folder the run did not make stays
 
 
 @pytest.fixture
