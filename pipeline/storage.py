@@ -159,7 +159,7 @@ def storage_failure(exc: BaseException, shown: str) -> OutputError | None:
         return OutputError(code, scrub(f"cannot use {where}: {exc.strerror}; {_hint(code)}"))
     if not isinstance(exc, OSError) and not _from_backend(exc):
         return None
-    detail = " ".join(str(exc).split()) or "no detail"
+    detail = " ".join(str(getattr(exc, "strerror", None) or exc).split()) or "no detail"
     return OutputError(code, scrub(f"storage error at {shown}: {type(exc).__name__}: {detail}; {_hint(code)}"))
 
 
