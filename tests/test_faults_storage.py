@@ -265,3 +265,14 @@ def test_credentials_in_an_s3_url_are_used_and_never_shown():
 def test_report_with_a_file_where_its_thumbnail_folder_must_be(local_run):
     (local_run / "thumbs").write_text("in the way")  # a real fault that root cannot write through either
     one_line_error(cli("report", local_run), 6, str(local_run / "thumbs"))
+
+
+def test_an_endpoint_that_is_gone_is_exit_6_in_every_command(finished, table, tiny_config_file, monkeypatch):
+    import socket
+
+    with socket.socket() as sock:  # a port nothing listens on any more: connection refused
+        sock.bind(("127.0.0.1", 0))
+        monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{sock.getsockname()[1]}")
+    for result in (generate(table, finished, tiny_config_file), cli("status", finished), cli("merge", finished)):
+        message = one_line_error(result, 6, finished)
+        assert "EndpointConnectionError" in message and "rerun" in message
