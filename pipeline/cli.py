@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 import traceback
+from contextlib import contextmanager
 from pathlib import Path
 
 import click
@@ -36,8 +37,25 @@ class ExitError(click.ClickException):
     """An error with its own exit code, printed without a traceback."""
 
     def __init__(self, message: str, exit_code: int):
-        super().__init__(message)
+        super().__init__(scrub(message))  # no credential read from a URL is ever printed
         self.exit_code = exit_code
+
+
+@contextmanager
+def storage_errors(location: str):
+    """Every command's storage errors, local or remote, as one line and exit 6 (storage.storage_failure
+    decides what is the storage's); anything else goes on as it is."""
+    from .storage import storage_failure
+
+    try:
+        yield
+    except click.ClickException:
+        raise
+    except Exception as exc:
+        failure = storage_failure(exc, display(location))
+        if failure is None:
+            raise
+        raise ExitError(str(failure), ExitCode.OUTPUT) from None
 
 
 class _Commands(click.Group):
@@ -261,7 +279,7 @@ def _generate(watch, input_path, out_dir, config_path, shard, log_format, make_r
         sys.exit(ExitCode.USAGE)
     except Exception as exc:  # a bug: still one parseable line for cron, and the traceback for a report
         log.event("error", f"internal error: {type(exc).__name__}: {exc}", exit_code=int(ExitCode.INTERNAL))
-        traceback.print_exc()
+        sys.stderr.write(scrub(traceback.format_exc()))
         sys.exit(ExitCode.INTERNAL)
     except KeyboardInterrupt:  # a second Ctrl-C (or one before the run held its folder)
         log.event("aborted", "aborted at once: the batch under way was dropped; rerun to continue",
@@ -300,7 +318,7 @@ def _run_generate(config: Config, input_path: Path, out_dir: str, shard, log, ve
     from . import run
     from .lock import FolderLocked
     from .model.sources import ModelLoadError
-    from .storage import OutputError, StorageError
+    from .storage import StorageError
     from .table import TableError
 
     codes = {
@@ -308,11 +326,11 @@ def _run_generate(config: Config, input_path: Path, out_dir: str, shard, log, ve
         StorageError: ExitCode.USAGE,
         ModelLoadError: ExitCode.MODEL,
         FolderLocked: ExitCode.LOCKED,
-        OutputError: ExitCode.OUTPUT,
         run.TooManyFailures: ExitCode.TOO_MANY_FAILURES,
     }
     try:
-        return run.generate(config, input_path, out_dir, shard=shard, log=log, verify=verify, observer=observer)
+        with storage_errors(out_dir):
+            return run.generate(config, input_path, out_dir, shard=shard, log=log, verify=verify, observer=observer)
     except tuple(codes) as exc:
         raise ExitError(str(exc), next(code for kind, code in codes.items() if isinstance(exc, kind))) from None
 
@@ -399,18 +417,16 @@ def _read_folder(function, out_dir: str):
     from .storage import Storage
 
     storage = Storage(out_dir)
-    try:
+    with storage_errors(out_dir):
         found = storage.exists(KEYS) or storage.exists(RUN_INFO)
-    except Exception as exc:  # the backend's own errors (a bad bucket name, no access): one line, no secrets
-        raise ExitError(scrub(f"{display(out_dir)}: cannot be read: {type(exc).__name__}: {exc}", out_dir),
-                        ExitCode.USAGE) from None  # fmt: skip
     if not found:
-        message = f"{display(out_dir)}: not an output folder of `layerdiffuse generate` ({storage.shown(KEYS)} missing)"
+        message = f"{storage}: not an output folder of `layerdiffuse generate` ({storage.shown(KEYS)} missing)"
         raise ExitError(message, ExitCode.USAGE)
-    try:
-        return function(storage)
-    except FolderStateError as exc:  # damaged beyond what the folder can rebuild; the message says what to do
-        raise ExitError(str(exc), ExitCode.USAGE) from None
+    with storage_errors(out_dir):
+        try:
+            return function(storage)
+        except FolderStateError as exc:  # damaged beyond what the folder can rebuild; the message says what to do
+            raise ExitError(str(exc), ExitCode.USAGE) from None
 
 
 @cli.command("merge", epilog=epilog("merge"))
@@ -499,7 +515,6 @@ def sprites_command(out_dir, config_path, remove, **flags):
     from .lock import FolderLocked, lock_folder
     from .rederive import refresh_sprites
     from .sharding import Process
-    from .storage import OutputError
 
     config = _config(config_path)
     try:
@@ -518,8 +533,6 @@ def sprites_command(out_dir, config_path, remove, **flags):
         done = _read_folder(refresh, out_dir)
     except FolderLocked as exc:
         raise ExitError(str(exc), ExitCode.LOCKED) from None
-    except OutputError as exc:
-        raise ExitError(str(exc), ExitCode.OUTPUT) from None
     what = "removed the sprites of" if remove else "derived the sprites of"
     click.echo(f"{what} {done.derived} images ({done.current} already as asked)")
     if done.dropped_atlases:

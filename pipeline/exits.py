@@ -19,6 +19,7 @@ class ExitCode(IntEnum):
 
 
 _NOT_A_FOLDER = "DIR is not an output folder of `layerdiffuse generate`"
+_STORAGE = "the storage failed (unreachable, HTTP errors, disk full, read-only); the message names the path"
 MEANINGS: dict[str, dict[ExitCode, str]] = {
     "generate": {
         ExitCode.OK: "every row has its image (generated now or by an earlier run)",
@@ -28,8 +29,8 @@ MEANINGS: dict[str, dict[ExitCode, str]] = {
         ExitCode.MODEL: "model weights missing, damaged or unloadable (the message names the files and how to "
         "provide them)",
         ExitCode.LOCKED: "another run holds the output folder (the message names its pid, host and start time)",
-        ExitCode.OUTPUT: "the output folder cannot be written (disk full, quota, read-only); the message names the "
-        "path and bytes written",
+        ExitCode.OUTPUT: "the output folder cannot be written or read (disk full, quota, read-only, a file where a "
+        "folder must be, an object store that fails after its retries); the message names the path",
         ExitCode.TOO_MANY_FAILURES: "stopped because more rows failed than `--max-failures` allows",
         ExitCode.INTERRUPTED: "interrupted by SIGINT or SIGTERM (from the moment the run holds its folder: after "
         "the current batch; a second Ctrl-C at once); rerun to continue",
@@ -43,33 +44,38 @@ MEANINGS: dict[str, dict[ExitCode, str]] = {
         ExitCode.OK: "every row is done",
         ExitCode.USAGE: _NOT_A_FOLDER,
         ExitCode.ROWS: "some rows are pending, failed or invalid",
+        ExitCode.OUTPUT: _STORAGE,
     },
     "merge": {
         ExitCode.OK: "the manifest was written",
         ExitCode.USAGE: _NOT_A_FOLDER,
         ExitCode.ROWS: "some rows have no outcome yet (run generate again to finish them)",
+        ExitCode.OUTPUT: _STORAGE,
     },
     "report": {
         ExitCode.OK: "report.html and contact_sheet.png were written",
         ExitCode.USAGE: _NOT_A_FOLDER,
         ExitCode.ROWS: "written, but some images are missing or damaged (their cards say which; `generate --verify` "
         "makes them again)",
+        ExitCode.OUTPUT: _STORAGE,
     },
     "sprites": {
         ExitCode.OK: "every finished image has its sprites as asked, and the manifest says so",
         ExitCode.USAGE: f"{_NOT_A_FOLDER}, or a flag or config is wrong",
         ExitCode.ROWS: "sprites derived, but some rows have no image yet (the manifest is merged when they do)",
         ExitCode.LOCKED: "another run holds the output folder",
-        ExitCode.OUTPUT: "the output folder cannot be written",
+        ExitCode.OUTPUT: _STORAGE,
     },
     "atlas": {
         ExitCode.OK: "the sheets and their JSON files were written",
         ExitCode.USAGE: f"{_NOT_A_FOLDER}, it has no sprites (of that label), or a sprite is larger than --max-size",
+        ExitCode.OUTPUT: _STORAGE,
     },
     "export": {
         ExitCode.OK: "every selected row was exported; DEST/export.json was written last",
         ExitCode.USAGE: "DIR is not a finished output folder, an image differs from its record, or DEST is not empty",
-        ExitCode.OUTPUT: "DEST cannot be written",
+        ExitCode.OUTPUT: "DIR cannot be read or DEST cannot be written (unreachable, HTTP errors, disk full, "
+        "read-only); the message names the path",
     },
 }
 

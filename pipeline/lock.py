@@ -2,7 +2,8 @@
 
 A full run holds `DIR/.lock` exclusively. Shard jobs (`--shard I/N`) of one table may run side by side:
 each holds `DIR/.lock` shared (which keeps full runs out) and `DIR/.lock-shard-I-of-N` exclusively.
-The lock files carry the holder's pid, host and start time, for the message a refused run prints.
+The lock files carry the holder's pid, host and start time, for the message a refused run prints, and nothing
+else: a command line may hold URL tokens (--notify, --ping) that have no place in the output folder.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ import hashlib
 import json
 import os
 import socket
-import sys
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -27,7 +27,8 @@ class FolderLocked(RuntimeError):
 
 
 class FolderLock:
-    def __init__(self, out_dir: Path, shard: tuple[int, int] | None = None):
+    def __init__(self, out_dir: Path, shard: tuple[int, int] | None = None, name: str | None = None):
+        """`name`: the folder as messages name it (a remote folder's locks live under the cache)."""
         self._fds: list[int] = []
         try:
             if shard is None:
@@ -37,15 +38,18 @@ class FolderLock:
                 self._take(out_dir / f"{LOCK}-shard-{shard[0]}-of-{shard[1]}", fcntl.LOCK_EX)
         except BlockingIOError:
             self.release()
-            message = f"{out_dir} is in use by another run: {holders(out_dir)}"
+            message = f"{name or out_dir} is in use by another run: {holders(out_dir)}"
             raise FolderLocked(message + "; wait for it to finish (a killed run's lock is released)") from None
+        except OSError:  # e.g. a read-only folder: the caller reports it (exit 6); no lock stays half taken
+            self.release()
+            raise
 
     def _take(self, path: Path, mode: int) -> None:
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         self._fds.append(fd)
         fcntl.flock(fd, mode | fcntl.LOCK_NB)
         if mode == fcntl.LOCK_EX:
-            info = {"pid": os.getpid(), "host": socket.gethostname(), "started_at": utc_now(), "argv": sys.argv[1:]}
+            info = {"pid": os.getpid(), "host": socket.gethostname(), "started_at": utc_now()}
             os.ftruncate(fd, 0)
             os.pwrite(fd, (json.dumps(info) + "\n").encode(), 0)
 
@@ -96,7 +100,7 @@ def lock_folder(storage, process, shard=None):
     lock, refusal = None, None
     if process.is_main or not process.launched:
         try:
-            lock = FolderLock(_lock_folder(storage), shard)
+            lock = FolderLock(_lock_folder(storage), shard, str(storage))
         except FolderLocked as exc:
             refusal = str(exc)
     refusal = process.share_from_main(refusal)
@@ -112,6 +116,7 @@ def lock_folder(storage, process, shard=None):
 def _lock_folder(storage) -> Path:
     if storage.is_local:
         return storage.local()
+    # keyed by the folder's normal form: s3a://b/run/ and s3://b/run are one folder, with one lock
     folder = cache_dir() / "locks" / hashlib.sha256(str(storage).encode()).hexdigest()[:32]
     folder.mkdir(parents=True, exist_ok=True)
     return folder

@@ -9,6 +9,8 @@ import time
 from contextlib import contextmanager
 from datetime import datetime, timezone
 
+from .storage import scrub
+
 
 def utc_now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
@@ -38,6 +40,7 @@ class Log:
             prefix = f"[rank {self.rank}] " if self.rank else ""
             gap = "  " if message and details else ""
             line = f"{time.strftime('%H:%M:%S')} {prefix}{name}: {message}{gap}{details}"
+        line = scrub(line)  # a credential read from a URL never reaches a log
         with self._lock:  # one write per line: lines from two threads never interleave
             if self._bar is None:
                 self.stream.write(line + "\n")

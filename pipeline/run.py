@@ -7,7 +7,7 @@ import json
 import signal
 import threading
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Protocol
@@ -124,11 +124,12 @@ def generate(config: Config, input_path: Path, out: str | Path, shard=None, log:
     if config.run.strict and table.invalid:
         raise TableError("\n".join(e for row in table.invalid for e in row.errors) + "\n--strict: nothing was run")
     storage = Storage(out)
+    made = _first_missing(storage)
     storage.makedirs()
     # 2. one run per folder; 3. plan; 4. render; 5. merge
     # The signal handlers come with the folder: from the moment a run reports its start, any signal ends
     # it through its own reporting (exit 130), never by the default handlers' sudden death.
-    with lock_folder(storage, process, shard), _stop_on_signals(log) as stop:
+    with lock_folder(storage, process, shard), _unmade_if_refused(storage, made), _stop_on_signals(log) as stop:
         if observer:
             observer.started(process)
         config = _folder_sprites(config, storage)
@@ -149,6 +150,36 @@ def generate(config: Config, input_path: Path, out: str | Path, shard=None, log:
         _write_statistics(job, table, input_path, part.stem)
     log.event("summary", **job.summary.counts(), out=str(storage))
     return job.summary
+
+
+def _first_missing(storage: Storage) -> Path | None:
+    """The outermost folder of a local output path that does not exist yet (the run creates it)."""
+    if not storage.is_local or storage.local().exists():
+        return None
+    folder = storage.local().absolute()
+    while not folder.parent.exists():
+        folder = folder.parent
+    return folder
+
+
+@contextmanager
+def _unmade_if_refused(storage: Storage, made: Path | None):
+    """The folders this run made are removed again when the model refuses the run (exit 4): they hold only
+    the lock files then, removed while still held (so no other run can be using them)."""
+    from .model.sources import ModelLoadError
+
+    try:
+        yield
+    except ModelLoadError:
+        if made is not None:
+            for lock in storage.local().glob(".lock*"):
+                lock.unlink(missing_ok=True)
+            folder = storage.local().absolute()
+            with suppress(OSError):  # not empty: something else was written there, so it stays
+                while folder.is_relative_to(made):
+                    folder.rmdir()
+                    folder = folder.parent
+        raise
 
 
 def _plan(config: Config, table: Table, storage: Storage, process: Process, log: Log, verify: bool) -> Job:

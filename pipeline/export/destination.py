@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..exits import ExitCode
-from ..storage import Storage, StorageError
+from ..storage import Storage, StorageError, storage_failure
 from .errors import ExportError
 
 
@@ -15,8 +15,13 @@ def open_destination(url: str, overwrite: bool = False) -> Storage:
         raise ExportError(f"--to {exc}") from None
     try:
         _make_room(dest, overwrite)
-    except OSError as exc:
-        raise ExportError(f"--to {dest}: cannot be used: {exc}", ExitCode.OUTPUT) from None
+    except ExportError:
+        raise
+    except Exception as exc:
+        failure = storage_failure(exc, str(dest))
+        if failure is None:
+            raise
+        raise ExportError(f"--to {dest}: cannot be used: {failure}", ExitCode.OUTPUT) from None
     return dest
 
 

@@ -7,11 +7,12 @@ import json
 import os
 from collections import Counter
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 
 from ..exits import ExitCode
 from ..logs import utc_now
-from ..storage import OutputError, Storage, display
+from ..storage import Storage, display, storage_failure
 from .destination import open_destination
 from .errors import ExportError
 from .shards import OutputFile
@@ -63,10 +64,8 @@ def export(
     skipped: Counter = Counter()
     exported: Counter = Counter()
     rows = _counted(selected(manifest_records(origin), include_flagged, skipped), exported)
-    try:
+    with _storage_errors(out):
         files = write(samples(origin, rows), out, shard_size, origin.schema)
-    except OutputError as exc:
-        raise ExportError(str(exc), ExitCode.OUTPUT) from None
     summary = ExportSummary(fmt, display(str(source)), display(str(dest)), exported["rows"], dict(skipped),
                             tuple(files), shard_size, include_flagged)  # fmt: skip
     write_index(out, summary)
@@ -83,7 +82,19 @@ def write_index(out: Storage, summary: ExportSummary) -> None:
     from .. import __version__
 
     index = {**asdict(summary), "created_at": utc_now(), "layerdiffuse_batch": __version__}
-    try:
+    with _storage_errors(out):
         out.write(INDEX, (json.dumps(index, indent=1) + "\n").encode("utf-8"))
-    except OutputError as exc:
-        raise ExportError(str(exc), ExitCode.OUTPUT) from None
+
+
+@contextmanager
+def _storage_errors(out: Storage):
+    """Storage errors while writing DEST (or reading DIR's manifest): exit 6, one line."""
+    try:
+        yield
+    except ExportError:
+        raise
+    except Exception as exc:
+        failure = storage_failure(exc, str(out))
+        if failure is None:
+            raise
+        raise ExportError(str(failure), ExitCode.OUTPUT) from None

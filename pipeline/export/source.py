@@ -10,8 +10,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
+from ..exits import ExitCode
 from ..records import Status
-from ..storage import StorageError, display, locate, scrub
+from ..storage import StorageError, display, locate, scrub, storage_failure
 from .errors import ExportError
 
 MANIFEST = "manifest.parquet"
@@ -62,8 +63,8 @@ def open_source(url: str) -> Source:
     except pa.ArrowInvalid as exc:  # a bad footer: the manifest is derived, a merge writes it again
         shown = display(url)
         raise ExportError(f"{shown}: {MANIFEST} is damaged ({exc}); rebuild it: `layerdiffuse merge {shown}`") from None
-    except Exception as exc:  # also the backend's own errors (a bad bucket name): one line, no secrets
-        raise ExportError(scrub(f"{display(url)}: cannot read {MANIFEST}: {type(exc).__name__}: {exc}", url)) from None
+    except Exception as exc:  # storage errors (exit 6); else the backend's own: one line, no secrets
+        raise _read_error(exc, f"{display(url)}: cannot read {MANIFEST}") from None
     return Source(display(url), fs, root, schema)
 
 
@@ -116,12 +117,20 @@ def read_sample(source: Source, record: dict) -> Sample:
         data = source.fs.cat_file(source.path(name))
     except FileNotFoundError:
         raise ExportError(f"{where} is missing; {REDO}") from None
-    except OSError as exc:
-        raise ExportError(f"{where} cannot be read: {exc}") from None
+    except Exception as exc:
+        raise _read_error(exc, f"{where} cannot be read") from None
     expected = record.get("sha256")
     if expected and hashlib.sha256(data).hexdigest() != expected:
         raise ExportError(f"{where} does not match the sha256 in the manifest (changed or damaged); {REDO}")
     return Sample(key=str(record["id"]), file_name=posixpath.basename(name), record=record, png=data)
+
+
+def _read_error(exc: Exception, what: str) -> ExportError:
+    """A storage error while reading DIR: exit 6 (retry later); anything else: DIR is not usable (exit 2)."""
+    failure = storage_failure(exc, what)
+    if failure is not None:
+        return ExportError(str(failure), ExitCode.OUTPUT)
+    return ExportError(scrub(f"{what}: {type(exc).__name__}: {exc}"))
 
 
 def image_path(record: dict) -> str:
