@@ -90,7 +90,8 @@ def scan_local(folder: Path) -> list[str]:
 
 def run(args: list, tmp_path: Path, s3: dict) -> subprocess.CompletedProcess:
     env = {**os.environ, **s3, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "LAYERDIFFUSE_WEBHOOK_SECRET": SIGNING,
-           "LAYERDIFFUSE_CACHE": str(tmp_path / "cache")}  # its locks are scanned too  # fmt: skip
+           "LAYERDIFFUSE_CACHE": str(tmp_path / "cache"),  # its locks are scanned too
+           "PYTHONFAULTHANDLER": "1"}  # a native abort (once seen at exit, under load) shows every thread  # fmt: skip
     return subprocess.run([sys.executable, "-m", "pipeline", *map(str, args)], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=600)  # fmt: skip
 
