@@ -11,7 +11,7 @@ TORCH_SPEC ?= torch==2.13.0
 # BROWSER=0: neither install Chromium nor run the browser tests (they skip and say why).
 BROWSER ?= 1
 
-.PHONY: install browser demo test test-gpu test-slow lint format bench bench-scale bench-gpu clean
+.PHONY: install browser demo test test-gpu test-slow lint format bench bench-scale bench-gpu bench-lora clean
 
 $(STAMP): pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
@@ -71,6 +71,10 @@ bench-scale: install
 
 bench-gpu: install
 	$(BIN)/python -m tests.bench.gpu
+
+# LoRA switching at full SDXL UNet size: unfused adapters against fuse-and-restore (CPU: ~12 GB, ~15 minutes).
+bench-lora: install
+	$(BIN)/python -m tests.bench.lora_switch
 
 clean:
 	rm -rf $(VENV) models outputs/demo
