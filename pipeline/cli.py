@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 import traceback
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import click
@@ -628,4 +628,28 @@ def export_command(source, fmt, dest, shard_size, include_flagged, overwrite):
 
 
 def main():
-    cli(prog_name="layerdiffuse")
+    try:
+        cli(prog_name="layerdiffuse")
+    except SystemExit as done:
+        end_process(done.code)
+    end_process(0)
+
+
+def end_process(code) -> None:
+    """Python's own shutdown (threads joined, atexit handlers run, streams flushed), then the process ends
+    without the native libraries' static teardown. pyarrow threads that read Parquet through fsspec can still
+    be in flight then and abort the process (`terminate called without an active exception`, apache/arrow
+    #39162), which would turn a finished command's exit code into -6."""
+    import atexit
+    import os
+    import threading
+
+    if code is not None and not isinstance(code, int):  # sys.exit("text"): Python prints it and exits 1
+        print(code, file=sys.stderr)
+        code = 1
+    threading._shutdown()  # what the interpreter does first at exit: join the non-daemon threads
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        with suppress(OSError, ValueError):  # a closed pipe (`| head`) or stream
+            stream.flush()
+    os._exit(code or 0)
