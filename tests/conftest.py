@@ -54,7 +54,7 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_config(tiny_model_dir):
     """Tiny model, 64x64, 2 steps, batch 2: every run takes about a second."""
-    from pipeline.config import Config, Defaults, ModelConfig, RunConfig
+    from pipeline.input.config import Config, Defaults, ModelConfig, RunConfig
 
     return Config(
         model=ModelConfig(
@@ -74,7 +74,7 @@ def tiny_config_file(tiny_config, tmp_path_factory) -> Path:
     """The same settings as a YAML file, for command-line tests."""
     import yaml
 
-    from pipeline.config import as_dict
+    from pipeline.input.config import as_dict
 
     path = tmp_path_factory.mktemp("configs") / "tiny-test.yaml"
     data = as_dict(tiny_config)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.atlas import AtlasError, AtlasInput, load_sprites, pack_atlas
+from pipeline.sprites.packer import AtlasError, AtlasInput, load_sprites, pack_atlas
 
 FRAME_KEYS = {"frame", "rotated", "trimmed", "spriteSourceSize", "sourceSize"}
 

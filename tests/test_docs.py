@@ -6,10 +6,10 @@ from dataclasses import fields
 import click
 import pytest
 
-from pipeline.cli import cli
-from pipeline.config import Config, load_config
-from pipeline.exits import MEANINGS, markdown_table
-from pipeline.identity import LOW_BITS, REDO
+from pipeline.cli.commands import cli
+from pipeline.common.exits import MEANINGS, markdown_table
+from pipeline.input.config import Config, load_config
+from pipeline.plan.identity import LOW_BITS, REDO
 from tests.conftest import REPO
 
 README = (REPO / "README.md").read_text(encoding="utf-8")

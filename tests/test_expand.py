@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.expand import (
+from pipeline.input.templates import (
     KEY_PATTERN,
     TemplateError,
     combination_key,

@@ -21,12 +21,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 from PIL import Image
 
-from pipeline.cli import cli
-from pipeline.config import as_dict
+from pipeline.cli.commands import cli
 from pipeline.export import export
 from pipeline.export.to_webdataset import sample_key
+from pipeline.folder.schema import json_record
+from pipeline.input.config import as_dict
 from pipeline.model.safety import build_tiny_safety_checker
-from pipeline.schema import json_record
 
 # 4 rows ok, 1 flagged by a checker that flags everything (the only row that asks for it), 1 invalid.
 # Ids with dots (webdataset keys), `a.b` beside `a_b`, and a passthrough column that `datasets` would

@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
 
-from pipeline.cli import cli
+from pipeline.cli.commands import cli
 
 EVERY_TYPE = {  # a passthrough column of each kind of Arrow type a user's table can hold
     "taken": pa.array([dt.datetime(2024, 1, 2, 3, 4, 5, 123456), None], pa.timestamp("us")),
@@ -253,7 +253,7 @@ def s3_server():
 def s3_folder(s3_server, monkeypatch):
     import s3fs
 
-    from pipeline.storage import Storage
+    from pipeline.common.storage import Storage
 
     for name, value in s3_server.items():
         monkeypatch.setenv(name, value)
@@ -264,8 +264,9 @@ def s3_folder(s3_server, monkeypatch):
 
 
 def test_damaged_derived_files_on_an_object_store_are_rebuilt(s3_folder):
-    from pipeline.manifest import CHECKPOINT, KEYS, folder_state, merge, read_keys, write_keys
-    from pipeline.parts import PartWriter
+    from pipeline.folder.layout import CHECKPOINT, KEYS
+    from pipeline.folder.manifest import folder_state, merge, read_keys, write_keys
+    from pipeline.folder.parts import PartWriter
 
     storage, when = s3_folder, dt.datetime(2024, 5, 6, 7, 8, 9, 123000)
     with PartWriter(storage, "20260101T000000000000Z-rank00000-of-00001") as part:

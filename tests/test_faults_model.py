@@ -15,11 +15,11 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from pipeline.cli import cli
-from pipeline.config import load_config
-from pipeline.model.sources import tiny_root
-from pipeline.schedulers import SCHEDULER_NAMES, SCHEDULERS
-from pipeline.storage import FILE_MODE
+from pipeline.cli.commands import cli
+from pipeline.common.storage import FILE_MODE
+from pipeline.input.config import load_config
+from pipeline.input.schedulers import SCHEDULER_NAMES, SCHEDULERS
+from pipeline.model.testing.tiny import tiny_root
 from tests.conftest import REPO
 
 # ---------------------------------------------------------------- the tiny model is built only at its own path
@@ -48,7 +48,7 @@ def test_the_tiny_config_names_its_own_root_and_nothing_else_does(tmp_path):
 
 
 def test_the_tiny_models_files_have_the_usual_permissions(tmp_path):
-    from pipeline.model.tiny import build_tiny_model
+    from pipeline.model.testing.tiny import build_tiny_model
 
     root = build_tiny_model(tmp_path / "tiny")
     modes = {p.relative_to(root).as_posix(): stat.S_IMODE(p.stat().st_mode) for p in [root, *root.rglob("*")]}
@@ -82,8 +82,8 @@ def test_every_scheduler_writes_the_schedule_type_automatic1111_maps_back_to_wha
     import numpy as np
     from PIL import Image
 
-    from pipeline.records import Row
-    from pipeline.writer import PngSettings, encode_png
+    from pipeline.input.rows import Row
+    from pipeline.run.png import PngSettings, encode_png
     from tests.test_png_metadata import a1111_fields
 
     chosen = SCHEDULERS[name]
@@ -115,7 +115,7 @@ def unet_factors(pipe, folder: Path) -> dict:
     """Seeded random factors of every targeted UNet layer, as diffusers names them (no `unet.` prefix)."""
     from safetensors.torch import load_file
 
-    from pipeline.model.tiny_lora import build_tiny_lora
+    from pipeline.model.testing.tiny_lora import build_tiny_lora
 
     path = build_tiny_lora(pipe, folder / "unscaled.safetensors", "peft", seed=1, rank=RANK)  # alpha = rank
     return {k.removeprefix("unet."): v for k, v in load_file(path).items() if k.startswith("unet.")}
@@ -126,7 +126,7 @@ def test_a_diffusers_lora_with_its_alpha_only_in_the_metadata_runs_at_alpha_over
     from safetensors import safe_open
     from safetensors.torch import save_file
 
-    from pipeline.lora_refs import LoraRef
+    from pipeline.input.lora_refs import LoraRef
     from pipeline.model import LoraAdapters, generate_rgba
     from pipeline.model.lora_files import resolve_lora
     from tests.model.files import Req
@@ -176,7 +176,7 @@ def test_combinations_are_counted_before_they_are_listed(tmp_path):
     [("{a|b|c} {d|e} x", 6), ("{a|a|b} and {c|d}", 4), ("{2$$a|b|c}", 6), ("{a|{b|c}} {~d|e}", 3)],
 )
 def test_the_count_agrees_with_the_listing(prompt, prompts, tmp_path):
-    from pipeline.expand import TemplateError, expand_all
+    from pipeline.input.templates import TemplateError, expand_all
 
     assert len(expand_all(prompt, limit=prompts)) == prompts  # counted or listed: never refused wrongly
     with pytest.raises(TemplateError, match=f"more than (the combination limit )?{prompts - 1}"):

@@ -20,12 +20,12 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from pipeline.cli import cli
-from pipeline.faults import ENV, OUTPUT_MOMENTS
-from pipeline.manifest import merge, write_keys, write_run_info
-from pipeline.parts import PartWriter
-from pipeline.report import build_report, script_json
-from pipeline.storage import Storage
+from pipeline.cli.commands import cli
+from pipeline.common.faults import ENV, OUTPUT_MOMENTS
+from pipeline.common.storage import Storage
+from pipeline.folder.manifest import merge, write_keys, write_run_info
+from pipeline.folder.parts import PartWriter
+from pipeline.report.gallery import build_report, script_json
 from tests.conftest import REPO
 from tests.test_report import COLOURS, browser, record, record_run, sprite, visible_cards  # noqa: F401
 

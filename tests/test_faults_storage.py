@@ -13,7 +13,7 @@ import uuid
 
 import pytest
 
-from pipeline.storage import Storage
+from pipeline.common.storage import Storage
 from tests.conftest import REPO
 from tests.fault_proxy import DROP, FaultProxy
 
@@ -163,8 +163,8 @@ def test_folder_commands_on_a_failing_store_are_exit_6(proxy, finished, command,
 
 
 def test_the_folder_lock_holds_for_every_spelling_of_a_folder(proxy, bucket, table, tiny_config_file):
-    from pipeline.lock import lock_folder
-    from pipeline.sharding import Process
+    from pipeline.folder.lock import lock_folder
+    from pipeline.plan.sharding import Process
 
     with lock_folder(Storage(f"s3://{bucket}/run"), Process()):
         for spelling in (f"s3://{bucket}/run/", f"s3a://{bucket}/run", f"s3://{bucket}/x/../run",
@@ -247,14 +247,14 @@ def test_read_only_folder_is_exit_6(local_run, table, tiny_config_file):
 @pytest.mark.parametrize("spelling", ["s3://b/run", "s3://b/run/", "s3a://b/run", "S3N://b//run/", "s3://b/x/../run",
                                       "s3://b/./run", "s3://key:secret@b/run"])  # fmt: skip
 def test_every_spelling_of_a_folder_has_one_normal_form(spelling):
-    from pipeline.storage import Location, display
+    from pipeline.common.storage import Location, display
 
     assert Location.parse(spelling).url == display(spelling) == str(Storage(spelling)) == "s3://b/run"
     assert Storage(spelling).root == "b/run"
 
 
 def test_credentials_in_an_s3_url_are_used_and_never_shown():
-    from pipeline.storage import scrub
+    from pipeline.common.storage import scrub
 
     storage = Storage("s3://AKIDEXAMPLEKEY:se%2Fcret@b/run")
     assert (storage.fs.key, storage.fs.secret) == ("AKIDEXAMPLEKEY", "se/cret")

@@ -14,8 +14,8 @@ import sys
 import pytest
 import yaml
 
-from pipeline.faults import ENV
-from pipeline.notify import ping, post_webhooks
+from pipeline.common.faults import ENV
+from pipeline.unattended.notify import ping, post_webhooks
 from tests.conftest import REPO
 from tests.test_notify import Receiver, make_report
 from tests.test_watch import metrics, one

@@ -17,9 +17,9 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from pipeline.cli import cli
-from pipeline.expand import expand_random
-from pipeline.sprites import SpriteSettings, alpha_bbox, derive
+from pipeline.cli.commands import cli
+from pipeline.input.templates import expand_random
+from pipeline.sprites.derive import SpriteSettings, alpha_bbox, derive
 from tests.conftest import REPO
 
 README = (REPO / "README.md").read_text(encoding="utf-8")
@@ -318,7 +318,7 @@ def test_a_folder_of_the_previous_manifest_version_resumes(own, tiny_config_file
     """Version 2 had no image-of-row or sprite fields: its checkpoint is set aside, its logs are read again."""
     import pyarrow.parquet as pq
 
-    from pipeline.schema import IMAGE_OF_ROW, VERSION
+    from pipeline.folder.schema import IMAGE_OF_ROW, VERSION
 
     out, added = own / "out", [name for name, _ in IMAGE_OF_ROW] + ["sprites"]
     checkpoint = pq.read_table(out / "parts" / "checkpoint.parquet")

@@ -13,8 +13,8 @@ import yaml
 from click.testing import CliRunner
 from PIL import Image
 
-from pipeline.cli import cli
-from pipeline.config import as_dict
+from pipeline.cli.commands import cli
+from pipeline.input.config import as_dict
 from tests.conftest import REPO
 
 VOLATILE = {"generation_seconds", "write_seconds", "finished_at", "environment", "rank", "model"}

@@ -14,10 +14,10 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from pipeline.cli import cli
-from pipeline.lock import FolderLock, FolderLocked
-from pipeline.manifest import latest_records
-from pipeline.storage import Storage
+from pipeline.cli.commands import cli
+from pipeline.common.storage import Storage
+from pipeline.folder.lock import FolderLock, FolderLocked
+from pipeline.folder.manifest import latest_records
 from tests.conftest import REPO
 
 VOLATILE = {"generation_seconds", "write_seconds", "finished_at", "environment", "rank"}

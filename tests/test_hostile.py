@@ -11,11 +11,11 @@ from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pipeline.cells import MAX_SEED
-from pipeline.cli import cli
-from pipeline.config import Defaults
-from pipeline.records import PARAM_COLUMNS
-from pipeline.table import TableError, load_table
+from pipeline.cli.commands import cli
+from pipeline.input.cells import MAX_SEED
+from pipeline.input.config import Defaults
+from pipeline.input.rows import PARAM_COLUMNS
+from pipeline.input.table import TableError, load_table
 
 
 def validate(path):

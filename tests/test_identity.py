@@ -5,10 +5,10 @@ from dataclasses import fields, replace
 
 import pytest
 
-from pipeline.config import Config
-from pipeline.identity import LOW_BITS, NEUTRAL, REDO, ROW_LEVEL, request_identity
+from pipeline.input.config import Config
+from pipeline.input.rows import Row
 from pipeline.model.sources import resolve_sources
-from pipeline.records import Row
+from pipeline.plan.identity import LOW_BITS, NEUTRAL, REDO, ROW_LEVEL, request_identity
 
 ROW = Row(number=1, key="a", prompt="p", negative_prompt="n", seed=1, guidance_scale=8.0, num_inference_steps=2,
           width=64, height=64, enable_safety_checker=False)  # fmt: skip

@@ -11,9 +11,9 @@ import sys
 import pytest
 from PIL import Image
 
-from pipeline.faults import ENV, MOMENTS
-from pipeline.manifest import latest_records
-from pipeline.storage import Storage
+from pipeline.common.faults import ENV, MOMENTS
+from pipeline.common.storage import Storage
+from pipeline.folder.manifest import latest_records
 from tests.conftest import REPO
 
 VOLATILE = {"generation_seconds", "write_seconds", "finished_at", "environment", "rank"}

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.model.tiny_lora import build_tiny_lora
+from pipeline.model.testing.tiny_lora import build_tiny_lora
 from tests.conftest import REPO
 
 # none, A:1, B:0.5, none, A:0, A+B, none: every kind of switch, and "none" after each of them

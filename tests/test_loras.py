@@ -13,11 +13,11 @@ import yaml
 from click.testing import CliRunner
 from PIL import Image
 
-from pipeline.cli import cli
-from pipeline.config import ConfigError, load_config
-from pipeline.model.tiny import SINGLE_FILE
-from pipeline.model.tiny_lora import build_tiny_lora
-from pipeline.table import load_table
+from pipeline.cli.commands import cli
+from pipeline.input.config import ConfigError, load_config
+from pipeline.input.table import load_table
+from pipeline.model.testing.tiny import SINGLE_FILE
+from pipeline.model.testing.tiny_lora import build_tiny_lora
 from tests.model.files import KOHYA_LORA, SD1, write_tensors
 
 ROWS = "id,prompt,seed\nsword,a pixel-art sword,1\nshield,a round shield,2\n"
@@ -239,9 +239,9 @@ def test_changing_a_lora_redoes_only_the_rows_it_touches(loras, tiny_model, tiny
 
 def test_loras_cells_from_text_lists_and_nulls(tmp_path):
     """CSV text, JSON Lines lists and nulls; empty cells take the fast path, which agrees with the full rule."""
-    from pipeline.cells import column_rules, parse_column
-    from pipeline.config import Defaults
-    from pipeline.lora_refs import LoraRef
+    from pipeline.input.cells import column_rules, parse_column
+    from pipeline.input.config import Defaults
+    from pipeline.input.lora_refs import LoraRef
 
     lines = [{"prompt": "a", "loras": ["a.safetensors:0.5", "owner/name"]}, {"prompt": "b", "loras": None},
              {"prompt": "c", "loras": "a.safetensors; b.safetensors:-1"}, {"prompt": "d", "loras": 3},
@@ -271,10 +271,10 @@ def test_config_loras_are_a_list_with_paths_next_to_the_file(tmp_path):
 
 
 def test_rows_without_loras_hash_as_before_and_a_set_counts_whatever_its_order(tiny_config, loras):
-    from pipeline.identity import request_identity
-    from pipeline.lora_refs import LoraRef
-    from pipeline.lora_sets import plan_lora_sets
+    from pipeline.input.lora_refs import LoraRef
     from pipeline.model.sources import resolve_sources
+    from pipeline.plan.identity import request_identity
+    from pipeline.plan.lora_sets import plan_lora_sets
 
     identity = request_identity(tiny_config, resolve_sources(tiny_config.model))
     columns = [["a cup", "a hat"], ["n", "n"], [1, 2], [8.0, 8.0], [2, 2], [64, 64], [64, 64], [False, False]]

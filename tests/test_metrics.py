@@ -11,8 +11,8 @@ from datetime import datetime, timedelta, timezone
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from pipeline.metrics import LAST_SUCCESS, MetricsSnapshot, MetricsUpdater, write_metrics
-from pipeline.notify import OUTCOMES, RunCounts, RunReport
+from pipeline.unattended.metrics import LAST_SUCCESS, MetricsSnapshot, MetricsUpdater, write_metrics
+from pipeline.unattended.notify import OUTCOMES, RunCounts, RunReport
 
 FAMILIES = {
     "layerdiffuse_rows",

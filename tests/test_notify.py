@@ -17,11 +17,11 @@ from pathlib import Path
 import pytest
 
 from pipeline import __version__
-from pipeline.notify import (
+from pipeline.input.unattended_settings import check_url
+from pipeline.unattended.notify import (
     ERROR_CHARS,
     RunCounts,
     RunReport,
-    check_url,
     first_failures,
     ping,
     post_webhooks,

@@ -5,11 +5,12 @@ import json
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline import parts
-from pipeline.contexts import Contexts
-from pipeline.manifest import CHECKPOINT, folder_state, merge, write_keys
-from pipeline.parts import PARTS, PartWriter, read_new
-from pipeline.storage import Storage
+from pipeline.common.storage import Storage
+from pipeline.folder import parts
+from pipeline.folder.contexts import Contexts
+from pipeline.folder.layout import CHECKPOINT, PARTS
+from pipeline.folder.manifest import folder_state, merge, write_keys
+from pipeline.folder.parts import PartWriter, read_new
 
 MODEL = {"base": "models/sdxl", "injection": "attn", "scheduler": "euler", "dtype": "float16"}
 

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.config import RunConfig
-from pipeline.records import Row
-from pipeline.schedulers import SCHEDULERS
-from pipeline.writer import PngSettings, encode_png, png_strategy
+from pipeline.input.config import RunConfig
+from pipeline.input.rows import Row
+from pipeline.input.schedulers import SCHEDULERS
+from pipeline.run.png import PngSettings, encode_png, png_strategy
 from tests.bench.sprites import sprites
 
 ROW = Row(number=1, key="a", prompt="a potion", negative_prompt="text", seed=1, guidance_scale=8.0,

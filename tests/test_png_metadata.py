@@ -11,10 +11,10 @@ from click.testing import CliRunner
 from PIL import Image
 from sd_parsers import ParserManager
 
-from pipeline.cli import cli
-from pipeline.model.tiny import SINGLE_FILE
-from pipeline.model.tiny_lora import build_tiny_lora
-from pipeline.schedulers import SCHEDULERS
+from pipeline.cli.commands import cli
+from pipeline.input.schedulers import SCHEDULERS
+from pipeline.model.testing.tiny import SINGLE_FILE
+from pipeline.model.testing.tiny_lora import build_tiny_lora
 
 SEED = 18446744073709551615  # 2^64 - 1: the largest seed a row may have
 

@@ -20,13 +20,13 @@ import yaml
 from PIL import Image
 
 import pipeline.model as model_api
-import pipeline.postprocess as postprocess
-from pipeline.config import ConfigError, as_dict, load_config
-from pipeline.logs import Log
+import pipeline.run.postprocess as postprocess
+from pipeline.common.logs import Log
+from pipeline.input.config import ConfigError, as_dict, load_config
+from pipeline.input.sprite_settings import SpriteSettings
 from pipeline.model.safety import build_tiny_safety_checker
-from pipeline.postprocess import IN_FLIGHT, TooManyFailures, writer_threads
-from pipeline.run import generate
-from pipeline.sprite_settings import SpriteSettings
+from pipeline.run.loop import generate
+from pipeline.run.postprocess import IN_FLIGHT, TooManyFailures, writer_threads
 from tests.conftest import REPO, with_run
 
 VOLATILE = {"generation_seconds", "write_seconds", "finished_at", "environment"}

@@ -11,10 +11,11 @@ import uuid
 
 import pytest
 
-from pipeline.faults import ENV as FAULT
-from pipeline.manifest import folder_state, merge, write_keys
-from pipeline.parts import PARTS, PartWriter
-from pipeline.storage import Storage
+from pipeline.common.faults import ENV as FAULT
+from pipeline.common.storage import Storage
+from pipeline.folder.layout import PARTS
+from pipeline.folder.manifest import folder_state, merge, write_keys
+from pipeline.folder.parts import PartWriter
 from tests.conftest import REPO
 
 SECRET = f"secret-{uuid.uuid4().hex}"  # never to be seen in a log, a record or a file
@@ -155,7 +156,7 @@ def test_deciding_what_is_done_lists_folders_and_reads_no_image(bucket, local_re
 
     monkeypatch.setattr(s3fs.S3File, "__init__", spy_open)
     s3fs.S3FileSystem.clear_instance_cache()  # a new instance takes the spies into its sync methods
-    from pipeline.status import folder_status
+    from pipeline.report.status import folder_status
 
     assert folder_status(Storage(out))["done"] == 5
     assert not [c for c in calls if "/images/" in c[1] and c[0] != "_ls"], calls  # no request per image
@@ -180,7 +181,7 @@ def test_bad_locations_are_clear_errors(bucket, tmp_path, tiny_config_file):
 def test_folder_commands_name_a_folder_without_its_credentials(bucket, command):
     from click.testing import CliRunner
 
-    from pipeline.cli import cli
+    from pipeline.cli.commands import cli
 
     name, *flags = command
     result = CliRunner().invoke(cli, [name, f"s3://user:{SECRET}@{bucket}/none", *flags])

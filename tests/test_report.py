@@ -12,11 +12,11 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from pipeline.cli import cli
-from pipeline.manifest import merge, write_keys
-from pipeline.parts import PartWriter
-from pipeline.report import CHECKER_COLOURS, build_report
-from pipeline.storage import Storage
+from pipeline.cli.commands import cli
+from pipeline.common.storage import Storage
+from pipeline.folder.manifest import merge, write_keys
+from pipeline.folder.parts import PartWriter
+from pipeline.report.gallery import CHECKER_COLOURS, build_report
 
 COLOURS = [(220, 30, 30), (30, 160, 40), (40, 60, 220), (240, 200, 20)]
 CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")

@@ -9,8 +9,8 @@ import yaml
 from click.testing import CliRunner
 from PIL import Image
 
-from pipeline.cli import cli
-from pipeline.config import as_dict
+from pipeline.cli.commands import cli
+from pipeline.input.config import as_dict
 from pipeline.model.safety import build_tiny_safety_checker, composite_on_grey
 
 TABLE = "id,prompt,enable_safety_checker\na,first,\nb,second,true\nc,third,false\n"

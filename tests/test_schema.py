@@ -8,8 +8,8 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 from click.testing import CliRunner
 
-from pipeline.cli import cli
-from pipeline.schema import SCHEMA, VERSION, json_line
+from pipeline.cli.commands import cli
+from pipeline.folder.schema import SCHEMA, VERSION, json_line
 
 MAX_SEED = 2**64 - 1
 

@@ -14,8 +14,8 @@ import psutil
 import pytest
 from click.testing import CliRunner
 
-from pipeline.cli import cli
-from pipeline.sharding import Process, my_share, parse_shard
+from pipeline.cli.commands import cli
+from pipeline.plan.sharding import Process, my_share, parse_shard
 from tests.conftest import REPO
 
 VOLATILE = {"generation_seconds", "write_seconds", "finished_at", "environment", "rank"}

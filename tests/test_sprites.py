@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.sprites import (
+from pipeline.sprites.derive import (
     Sprite,
     SpriteSettings,
     alpha_bbox,

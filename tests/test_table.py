@@ -6,9 +6,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.config import Defaults
-from pipeline.determinism import derive_seed, plan_batches
-from pipeline.table import TableError, load_table
+from pipeline.input.config import Defaults
+from pipeline.input.seeds import derive_seed
+from pipeline.input.table import TableError, load_table
+from pipeline.plan.batches import plan_batches
 
 DEFAULTS = Defaults()
 

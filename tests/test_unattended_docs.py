@@ -20,9 +20,9 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from pipeline.cli import cli
-from pipeline.config import NOTIFY, NotifyConfig, load_notify
-from pipeline.notify import SECRET_ENV
+from pipeline.cli.commands import cli
+from pipeline.input.config import NOTIFY, NotifyConfig, load_notify
+from pipeline.unattended.notify import SECRET_ENV
 from tests.conftest import REPO
 from tests.test_watch import events, metrics, named, one, receiver, rows  # noqa: F401 (receiver: a fixture)
 

@@ -10,12 +10,12 @@ from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pipeline.cli import cli
-from pipeline.config import Defaults, TemplateConfig
-from pipeline.determinism import derive_seed
-from pipeline.expand import expand_random
-from pipeline.table import load_table
-from pipeline.variations import marked_rows
+from pipeline.cli.commands import cli
+from pipeline.input.config import Defaults, TemplateConfig
+from pipeline.input.seeds import derive_seed
+from pipeline.input.table import load_table
+from pipeline.input.templates import expand_random
+from pipeline.input.variations import marked_rows
 
 DEFAULTS = Defaults()
 

@@ -20,13 +20,13 @@ import yaml
 from click.testing import CliRunner
 from prometheus_client.parser import text_string_to_metric_families
 
-from pipeline.cli import cli
-from pipeline.config import NotifyConfig
-from pipeline.lock import FolderLock
-from pipeline.run import Summary
-from pipeline.sharding import Process
-from pipeline.storage import Storage
-from pipeline.watch import RunWatch, WatchedLog, manifest_outcomes, reports_end
+from pipeline.cli.commands import cli
+from pipeline.common.storage import Storage
+from pipeline.folder.lock import FolderLock
+from pipeline.input.config import NotifyConfig
+from pipeline.plan.sharding import Process
+from pipeline.run.summary import Summary
+from pipeline.unattended.watch import RunWatch, WatchedLog, manifest_outcomes, reports_end
 from tests.conftest import REPO
 from tests.test_notify import Receiver, closed_port_url
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from ..exits import ExitCode
-from ..storage import Storage, StorageError, storage_failure
+from ..common.exits import ExitCode
+from ..common.storage import Storage, StorageError, storage_failure
 from .errors import ExportError
 
 

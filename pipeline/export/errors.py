@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..exits import ExitCode
+from ..common.exits import ExitCode
 
 
 class ExportError(Exception):

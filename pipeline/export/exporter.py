@@ -10,9 +10,9 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 
-from ..exits import ExitCode
-from ..logs import utc_now
-from ..storage import Storage, display, storage_failure
+from ..common.exits import ExitCode
+from ..common.logs import utc_now
+from ..common.storage import Storage, display, storage_failure
 from .destination import open_destination
 from .errors import ExportError
 from .shards import OutputFile

@@ -10,12 +10,12 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from ..exits import ExitCode
-from ..records import Status
-from ..storage import StorageError, display, locate, scrub, storage_failure
+from ..common.exits import ExitCode
+from ..common.storage import StorageError, display, locate, scrub, storage_failure
+from ..folder.layout import IMAGES, MANIFEST_PARQUET
+from ..folder.schema import Status
 from .errors import ExportError
 
-MANIFEST = "manifest.parquet"
 BATCH_ROWS = 1024  # manifest rows decoded at a time
 READ_AHEAD = 8  # PNGs fetched concurrently: hides object-store latency, keeps memory at a few images
 PARQUET_BUFFER = 1 << 20  # with pre_buffer off: column chunks are read page by page, not a row group at once
@@ -54,17 +54,19 @@ def open_source(url: str) -> Source:
         raise ExportError(f"DIR {exc}") from None
     root = root.rstrip("/") or root
     try:
-        with fs.open(posixpath.join(root, MANIFEST), "rb") as handle:
+        with fs.open(posixpath.join(root, MANIFEST_PARQUET), "rb") as handle:
             schema = pq.read_schema(handle)
     except FileNotFoundError:
         shown = display(url)
-        message = f"{shown}: no {MANIFEST}, so not a finished output folder of `layerdiffuse generate`"
+        message = f"{shown}: no {MANIFEST_PARQUET}, so not a finished output folder of `layerdiffuse generate`"
         raise ExportError(f"{message} (finish the run, or assemble it: `layerdiffuse merge {shown}`)") from None
     except pa.ArrowInvalid as exc:  # a bad footer: the manifest is derived, a merge writes it again
         shown = display(url)
-        raise ExportError(f"{shown}: {MANIFEST} is damaged ({exc}); rebuild it: `layerdiffuse merge {shown}`") from None
+        raise ExportError(
+            f"{shown}: {MANIFEST_PARQUET} is damaged ({exc}); rebuild it: `layerdiffuse merge {shown}`"
+        ) from None
     except Exception as exc:  # storage errors (exit 6); else the backend's own: one line, no secrets
-        raise _read_error(exc, f"{display(url)}: cannot read {MANIFEST}") from None
+        raise _read_error(exc, f"{display(url)}: cannot read {MANIFEST_PARQUET}") from None
     return Source(display(url), fs, root, schema)
 
 
@@ -72,7 +74,7 @@ def manifest_records(source: Source) -> Iterator[dict]:
     """Every manifest record in order, decoded BATCH_ROWS at a time."""
     import pyarrow.parquet as pq
 
-    with source.fs.open(source.path(MANIFEST), "rb") as handle:
+    with source.fs.open(source.path(MANIFEST_PARQUET), "rb") as handle:
         manifest = pq.ParquetFile(handle, buffer_size=PARQUET_BUFFER, pre_buffer=False)
         for batch in manifest.iter_batches(batch_size=BATCH_ROWS):
             yield from batch.to_pylist()
@@ -135,7 +137,7 @@ def _read_error(exc: Exception, what: str) -> ExportError:
 
 def image_path(record: dict) -> str:
     """The PNG's path relative to the output folder, as the record's `image.url` gives it."""
-    url = (record.get("image") or {}).get("url") or f"images/{record['id']}.png"
+    url = (record.get("image") or {}).get("url") or f"{IMAGES}/{record['id']}.png"
     path = posixpath.normpath(url)
     if "://" in url or path.startswith(("/", "..")):
         raise ExportError(f"manifest row {record.get('row')} (id {record.get('id')}): image url {url!r} "

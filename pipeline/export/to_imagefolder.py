@@ -6,7 +6,7 @@ import json
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-from ..storage import Storage
+from ..common.storage import Storage
 from .shards import OutputFile, in_shards
 from .source import Sample
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Iterator
 
-from ..storage import Storage
+from ..common.storage import Storage
 from .shards import OutputFile, in_shards, shard_name
 from .source import Sample
 

@@ -6,8 +6,8 @@ import json
 import string
 from collections.abc import Iterable
 
-from ..schema import json_record
-from ..storage import Storage
+from ..common.storage import Storage
+from ..folder.schema import json_record
 from .shards import OutputFile, in_shards, shard_name
 from .source import Sample
 

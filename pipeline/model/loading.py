@@ -9,14 +9,15 @@ from pathlib import Path
 
 import torch
 
-from ..config import ModelConfig
-from ..schedulers import SCHEDULERS
+from ..input.config import ModelConfig
+from ..input.schedulers import SCHEDULERS
 from .alignment import align_cpu_weights
 from .decoder import TransparentVAEDecoder
 from .merge import load_safetensors, merge_layerdiffuse_weights
 from .safety import SafetyChecker, load_safety_checker
 from .single_file import load_single_file
-from .sources import ModelFilesMissing, ModelLoadError, Sources, ensure_tiny_model, resolve_sources
+from .sources import ModelFilesMissing, ModelLoadError, Sources, resolve_sources
+from .testing import ensure_tiny_model
 from .vae import load_vae, vae_config_folder
 
 __all__ = ["LayerDiffuseModel", "ModelFilesMissing", "ModelLoadError", "load_model", "resolve_device"]

@@ -15,7 +15,7 @@ import warnings
 from collections import OrderedDict
 from collections.abc import Sequence
 
-from ..lora_refs import LoraRef, LoraSpecError, parse_lora_list
+from ..input.lora_refs import LoraRef, LoraSpecError, parse_lora_list
 from .lora_files import LoraError, LoraFileInfo, ResolvedLora, inspect_lora, lora_set_key, resolve_lora
 
 COMPONENTS = ("unet", "text_encoder", "text_encoder_2")

@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..lora_refs import LoraRef
+from ..input.lora_refs import LoraRef
 from .checkpoint import classify
 from .safetensors_header import HeaderError, SafetensorsHeader, read_header
 from .sources import ModelLoadError
@@ -75,7 +75,7 @@ def lora_set_key(loras) -> tuple[tuple[str, float], ...]:
 
 def resolve_lora(ref: LoraRef) -> ResolvedLora:
     """Find the file (local path or folder, hub id in the Hugging Face cache), check its header, hash it."""
-    from ..fingerprint import sha256_file
+    from ..common.fingerprint import sha256_file
 
     path = find_lora_file(ref.source)
     info = inspect_lora(path)

@@ -20,7 +20,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from ..fingerprint import sha256_file
+from ..common.fingerprint import sha256_file
 from .lora_files import ResolvedLora
 from .safetensors_header import read_header
 

@@ -16,8 +16,7 @@ import tempfile
 from importlib import resources
 from pathlib import Path
 
-from ..fingerprint import cache_dir
-from .sdxl import clip_byte_symbols
+from ..common.fingerprint import cache_dir
 
 PACKAGE_FOLDER = "sdxl_base_config"
 MERGES_FILE = "clip_merges.txt.gz"
@@ -78,3 +77,10 @@ def _content_hash(source: Path) -> str:
     for name in (*CONFIG_FILES, MERGES_FILE):
         digest.update(name.encode() + b"\0" + (source / name).read_bytes())
     return digest.hexdigest()[:12]
+
+
+def clip_byte_symbols() -> list[str]:
+    # GPT-2/CLIP's reversible byte -> printable-character table.
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    others = [b for b in range(256) if b not in printable]
+    return [chr(c) for c in printable] + [chr(256 + n) for n in range(len(others))]

@@ -12,7 +12,7 @@ import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..config import ModelConfig
+from ..input.config import ModelConfig
 
 SDXL_FOLDERS = ("model_index.json", "unet/", "vae/", "text_encoder/", "text_encoder_2/", "tokenizer/",
                 "tokenizer_2/", "scheduler/")  # fmt: skip
@@ -43,17 +43,8 @@ class Sources:
             raise ModelFilesMissing(_missing_message(self.missing, checker_missing=checker))
 
 
-# Where the embedded tiny model keeps its parts, under its root folder (pipeline/model/tiny.py writes them).
+# Where the embedded tiny model keeps its parts, under its root folder (model/testing/tiny.py writes them).
 TINY_LAYOUT = {"base": "sdxl", "layerdiffuse": "layerdiffusion-v1", "safety_checker": "safety-checker"}
-
-
-def ensure_tiny_model(config: ModelConfig) -> None:
-    """`build_tiny_if_missing`: the embedded tiny model is built where the config expects it (torch is needed)."""
-    root = tiny_root(config) if config.build_tiny_if_missing else None
-    if root is not None:
-        from .tiny import build_tiny_model
-
-        build_tiny_model(root)
 
 
 def tiny_root(config: ModelConfig) -> Path | None:

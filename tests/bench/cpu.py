@@ -22,13 +22,13 @@ import numpy as np
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from pipeline.config import Config, Defaults, ModelConfig, RunConfig  # noqa: E402
-from pipeline.determinism import plan_batches  # noqa: E402
-from pipeline.logs import Log  # noqa: E402
+from pipeline.common.logs import Log  # noqa: E402
+from pipeline.input.config import Config, Defaults, ModelConfig, RunConfig  # noqa: E402
+from pipeline.input.table import load_table  # noqa: E402
 from pipeline.model import build_tiny_model, generate_rgba, load_model  # noqa: E402
-from pipeline.postprocess import ACCELERATOR_THREADS  # noqa: E402
-from pipeline.run import generate  # noqa: E402
-from pipeline.table import load_table  # noqa: E402
+from pipeline.plan.batches import plan_batches  # noqa: E402
+from pipeline.run.loop import generate  # noqa: E402
+from pipeline.run.postprocess import ACCELERATOR_THREADS  # noqa: E402
 
 from .common import HERE, REPO, machine, median, table, timed, write_section  # noqa: E402
 
@@ -209,10 +209,11 @@ def report_10k(work: Path, rows: int = 10_000) -> dict:
     """A 10,000-row synthetic manifest: thumbnail building, then load time in headless Chromium."""
     from PIL import Image
 
-    from pipeline.manifest import merge, write_keys
-    from pipeline.parts import PARTS, part_line
-    from pipeline.report import build_report
-    from pipeline.storage import Storage
+    from pipeline.common.storage import Storage
+    from pipeline.folder.layout import PARTS
+    from pipeline.folder.manifest import merge, write_keys
+    from pipeline.folder.parts import part_line
+    from pipeline.report.gallery import build_report
 
     folder = work / "report"
     (folder / "images").mkdir(parents=True)

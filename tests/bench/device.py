@@ -97,10 +97,10 @@ class StandInClip:
 def stand_in(seconds_per_image: float, rss_marks=()):
     """Swap the model seams for the stand-in while the block runs; yields its Timeline."""
     import numpy as np
+    import pipeline.identity
     import psutil
     import torch
 
-    import pipeline.identity
     import pipeline.model
     import pipeline.run
     from pipeline.model.safety import SafetyChecker
@@ -168,7 +168,7 @@ def write_table(folder: Path, rows: int) -> Path:
 
 def config_for(case: Case):
     """The tiny model's files: planning resolves and hashes real weight files before the (stand-in) load."""
-    from pipeline.config import Config, ModelConfig, RunConfig
+    from pipeline.input.config import Config, ModelConfig, RunConfig
 
     model = ModelConfig(base=str(TINY / "sdxl"), layerdiffuse=str(TINY / "layerdiffusion-v1"),
                         safety_checker=str(TINY / "safety-checker"))  # fmt: skip
@@ -179,8 +179,8 @@ def config_for(case: Case):
 
 def run_case(case: Case, folder: Path, shard: tuple[int, int] | None, rss_marks=()) -> dict:
     """One `generate` call under the stand-in, in this process; times are perf_counter and time.time."""
-    from pipeline.logs import Log
-    from pipeline.run import generate
+    from pipeline.common.logs import Log
+    from pipeline.run.loop import generate
 
     folder.mkdir(parents=True, exist_ok=True)
     source = write_table(folder, case.images)
@@ -360,7 +360,7 @@ def main(argv=None) -> None:
 
 
 def _default_level() -> int:
-    from pipeline.config import RunConfig
+    from pipeline.input.config import RunConfig
 
     return RunConfig().png_compress_level
 
@@ -398,7 +398,7 @@ def _memory_row(m: dict) -> list:
 
 
 def _threads(case: Case) -> str:
-    from pipeline.postprocess import ACCELERATOR_THREADS
+    from pipeline.run.postprocess import ACCELERATOR_THREADS
 
     return f"{ACCELERATOR_THREADS} (default)" if case.threads is None else str(case.threads)
 

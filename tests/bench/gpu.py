@@ -22,8 +22,8 @@ from dataclasses import dataclass
 import torch
 
 from pipeline.model.decoder import to_rgba_uint8
-from pipeline.model.fullsize import random_fullsize_model
 from pipeline.model.generation import denoise, vae_decode
+from pipeline.model.testing.fullsize import random_fullsize_model
 
 from .common import HERE, machine, table
 
@@ -143,7 +143,7 @@ def _compile(model, device, size, steps) -> float:
 
 def _smoke_model(device, dtype):
     """The tiny model through the same code (the full-size one is too slow for a CPU check)."""
-    from pipeline.config import ModelConfig
+    from pipeline.input.config import ModelConfig
     from pipeline.model import load_model
 
     from .common import REPO

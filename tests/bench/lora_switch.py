@@ -24,7 +24,7 @@ TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
 def full_size_unet(device: torch.device, dtype: torch.dtype):
     from diffusers import UNet2DConditionModel
 
-    from pipeline.model.fullsize import SDXL_UNET
+    from pipeline.model.testing.fullsize import SDXL_UNET
 
     torch.manual_seed(0)
     with torch.device(device):

@@ -57,7 +57,7 @@ class Measured:
 
 
 def sample_row():
-    from pipeline.records import Row
+    from pipeline.input.rows import Row
 
     return Row(number=1, key="row-000001", prompt="a glass bottle, game asset, transparent background",
                negative_prompt="text, watermark", seed=1, guidance_scale=8.0, num_inference_steps=20,
@@ -65,8 +65,8 @@ def sample_row():
 
 
 def png_settings(level: int):
-    from pipeline.schedulers import SCHEDULERS
-    from pipeline.writer import PngSettings
+    from pipeline.input.schedulers import SCHEDULERS
+    from pipeline.run.png import PngSettings
 
     return PngSettings("sdxl + LayerDiffuse attn", SCHEDULERS["euler"], level)
 
@@ -75,7 +75,7 @@ def pillow(level: int | None = None, **options) -> Callable[[np.ndarray], bytes]
     """Pillow with the text chunks the pipeline writes (`pipeline.writer.encode_png` for a plain level)."""
     from PIL import Image, PngImagePlugin
 
-    from pipeline.writer import a1111_parameters, encode_png
+    from pipeline.run.png import a1111_parameters, encode_png
 
     row = sample_row()
     if level is not None and not options:
@@ -271,7 +271,7 @@ def _ms(function, reps: int) -> tuple[float, float]:
 
 
 def _atomic_writes(folder: Path, encoded: list[bytes]) -> None:
-    from pipeline.storage import write_atomic
+    from pipeline.common.storage import write_atomic
 
     for i, data in enumerate(encoded):
         write_atomic(folder / f"a{i}.png", data)
@@ -284,10 +284,10 @@ def _plain_writes(folder: Path, encoded: list[bytes]) -> None:
 
 def _appends(folder: Path, count: int) -> None:
     """`count` records of written rows through the pipeline's part log (one line and one fsync each)."""
-    from pipeline.outcome import Provenance, Rendered, Written, manifest_record
-    from pipeline.parts import PartWriter
-    from pipeline.records import Batch
-    from pipeline.storage import Storage
+    from pipeline.common.storage import Storage
+    from pipeline.folder.parts import PartWriter
+    from pipeline.plan.batches import Batch
+    from pipeline.run.outcome import Provenance, Rendered, Written, manifest_record
 
     row = sample_row()
     image = {"url": f"images/00000/{row.key}.png", "content_type": "image/png", "file_name": f"{row.key}.png",

@@ -81,17 +81,17 @@ def write_table(folder: Path, rows: int) -> Path:
 
 def fabricate(folder: Path, table_path: Path, config_path: Path, png: bytes, done_every: int = 1) -> None:
     """A finished run of SHARDS shard jobs (rows whose position is a multiple of `done_every` are done)."""
-    from pipeline.config import load_config
-    from pipeline.determinism import batch_positions
-    from pipeline.identity import request_identity
-    from pipeline.manifest import write_keys
+    from pipeline.common.storage import Storage
+    from pipeline.folder.layout import PARTS, image_url
+    from pipeline.folder.manifest import write_keys
+    from pipeline.folder.parts import part_line
+    from pipeline.input.config import load_config
+    from pipeline.input.rows import PARAM_COLUMNS
+    from pipeline.input.table import load_table
     from pipeline.model.sources import resolve_sources
-    from pipeline.outcome import Provenance, Rendered, Written, manifest_record
-    from pipeline.parts import PARTS, part_line
-    from pipeline.records import PARAM_COLUMNS, Batch
-    from pipeline.storage import Storage
-    from pipeline.table import load_table
-    from pipeline.writer import image_url
+    from pipeline.plan.batches import Batch, batch_positions
+    from pipeline.plan.identity import request_identity
+    from pipeline.run.outcome import Provenance, Rendered, Written, manifest_record
 
     config = load_config(config_path)
     table = load_table(table_path, config.defaults)
@@ -117,7 +117,7 @@ def fabricate(folder: Path, table_path: Path, config_path: Path, png: bytes, don
                     if position % done_every:
                         continue
                     row = valid.row(position)
-                    url = image_url(row, config.run.images_per_folder)
+                    url = image_url(row.place, row.key, config.run.images_per_folder)
                     target = folder / url
                     target.parent.mkdir(parents=True, exist_ok=True)
                     links.link(target)
@@ -149,8 +149,8 @@ def link_thumbnails(out: Path, png: bytes) -> None:
     """What a first report build leaves: one thumbnail per image (hard links of one real thumbnail)."""
     import pyarrow.parquet as pq
 
-    from pipeline.report import Thumbnails
-    from pipeline.storage import Storage
+    from pipeline.common.storage import Storage
+    from pipeline.report.gallery import Thumbnails
 
     thumbs = Thumbnails(Storage(out), 192)
     links = None

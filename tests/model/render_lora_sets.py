@@ -12,8 +12,8 @@ import json
 import sys
 from pathlib import Path
 
-from pipeline.config import ModelConfig
-from pipeline.lora_refs import LoraRef
+from pipeline.input.config import ModelConfig
+from pipeline.input.lora_refs import LoraRef
 from pipeline.model import generate_rgba, load_model
 from pipeline.model.lora import LoraAdapters, resolve_lora
 from tests.model.files import Req

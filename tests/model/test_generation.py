@@ -60,7 +60,7 @@ def test_fullsize_unet_config_has_the_sdxl_parameter_names_and_shapes():
     from accelerate import init_empty_weights
     from diffusers import UNet2DConditionModel
 
-    from pipeline.model.fullsize import SDXL_UNET
+    from pipeline.model.testing.fullsize import SDXL_UNET
     from tests.conftest import fixture_json
 
     with init_empty_weights():
@@ -74,7 +74,7 @@ def test_fullsize_unet_config_has_the_sdxl_parameter_names_and_shapes():
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_full_size_architecture_on_gpu(dtype):
     """Full-size SDXL UNet/VAE + decoder with random weights, 1024x1024, two steps: shapes and finite values."""
-    from pipeline.model.fullsize import random_fullsize_model
+    from pipeline.model.testing.fullsize import random_fullsize_model
 
     model = random_fullsize_model(torch.device("cuda"), dtype)
     decoded = generate_decoded(model, [Req("a glass bottle", 1, width=1024, height=1024)])

@@ -7,9 +7,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from pipeline.config import ModelConfig
+from pipeline.input.config import ModelConfig
 from pipeline.model import ModelFilesMissing, load_decoder, load_model
-from pipeline.model.tiny import ATTN_FILE, DECODER_CHANNELS, DECODER_FILE
+from pipeline.model.testing.tiny import ATTN_FILE, DECODER_CHANNELS, DECODER_FILE
 from tests.conftest import fixture_json
 
 

@@ -7,10 +7,10 @@ import struct
 import numpy as np
 import pytest
 
-from pipeline.lora_refs import LoraRef, LoraSpecError, parse_lora_list
+from pipeline.input.lora_refs import LoraRef, LoraSpecError, parse_lora_list
 from pipeline.model import generate_rgba, load_model
 from pipeline.model.lora import LoraAdapters, LoraError, count_adapter_layers, lora_set_key, resolve_lora
-from pipeline.model.tiny_lora import build_tiny_lora, lora_targets
+from pipeline.model.testing.tiny_lora import build_tiny_lora, lora_targets
 from tests.model.files import KOHYA_LORA, Req, write_tensors
 
 # One step without guidance (one UNet pass): these tests compare pixels, not quality.

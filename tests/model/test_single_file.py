@@ -10,11 +10,11 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from pipeline.config import ModelConfig
+from pipeline.input.config import ModelConfig
 from pipeline.model import ModelFilesMissing, ModelLoadError, generate_rgba, load_model
 from pipeline.model.checkpoint import inspect_checkpoint, require_sdxl_checkpoint
 from pipeline.model.single_file import resolve_base_config
-from pipeline.model.tiny import SINGLE_FILE
+from pipeline.model.testing.tiny import SINGLE_FILE
 from tests.model import files
 from tests.model.files import ROWS, write_tensors
 
@@ -164,7 +164,7 @@ def test_shipped_config_describes_the_full_size_sdxl():
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig
 
-    from pipeline.model.fullsize import CLIP_BIG_G, CLIP_L, SDXL_VAE
+    from pipeline.model.testing.fullsize import CLIP_BIG_G, CLIP_L, SDXL_VAE
     from tests.conftest import fixture_json
 
     folder = resolve_base_config(None)

@@ -1,0 +1,1 @@
+"""What every stage shares: exit codes, logs, fault points, content hashes, storage locations."""

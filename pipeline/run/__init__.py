@@ -1,0 +1,1 @@
+"""The render loop and what follows each batch: post-processing, PNG writing, records, the executors."""

@@ -1,0 +1,1 @@
+"""A run that reports itself: webhooks, health pings and Prometheus textfile metrics."""
