@@ -19,7 +19,7 @@ from pipeline.cli.commands import cli
 from pipeline.common.storage import FILE_MODE
 from pipeline.input.config import load_config
 from pipeline.input.schedulers import SCHEDULER_NAMES, SCHEDULERS
-from pipeline.model.testing.tiny import tiny_root
+from pipeline.model.sources import tiny_root
 from tests.conftest import REPO
 
 # ---------------------------------------------------------------- the tiny model is built only at its own path
