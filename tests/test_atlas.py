@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.sprites.packer import AtlasError, AtlasInput, load_sprites, pack_atlas
+from pipeline.sprites.packer import AtlasError, AtlasInput
+from tests.helpers import pack_atlas
 
 FRAME_KEYS = {"frame", "rotated", "trimmed", "spriteSourceSize", "sourceSize"}
 
@@ -182,22 +183,3 @@ def test_a_sprite_larger_than_the_sheet_is_named(tmp_path):
 def test_errors(tmp_path, call, message):
     with pytest.raises(AtlasError, match=message):
         call(tmp_path)
-
-
-def test_load_sprites_from_a_folder(tmp_path):
-    (tmp_path / "potions").mkdir()
-    for name, colour in [("potions/red.256", (255, 0, 0, 255)), ("shield.64", (0, 0, 255, 128))]:
-        Image.new("RGBA", (8, 6), colour).save(tmp_path / f"{name}.png")
-    Image.new("RGB", (5, 5), (0, 255, 0)).save(tmp_path / "opaque.png")
-    (tmp_path / ".shield.64.png.host@1.abc.tmp").write_bytes(b"partial")
-    (tmp_path / ".hidden.png").write_bytes(b"not a png")
-    sprites = load_sprites(tmp_path)
-    assert [(s.name, s.rgba.shape) for s in sprites] == [
-        ("opaque", (5, 5, 4)),
-        ("potions/red.256", (6, 8, 4)),
-        ("shield.64", (6, 8, 4)),
-    ]
-    assert tuple(sprites[0].rgba[0, 0]) == (0, 255, 0, 255) and tuple(sprites[2].rgba[0, 0]) == (0, 0, 255, 128)
-    (tmp_path / "broken.png").write_bytes(b"not a png")
-    with pytest.raises(AtlasError, match=r"cannot read .*broken\.png as an image"):
-        load_sprites(tmp_path)

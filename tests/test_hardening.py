@@ -14,11 +14,11 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from pipeline.cli.commands import cli
+from pipeline.cli.commands import Seams, cli
 from pipeline.common.storage import Storage
 from pipeline.folder.lock import FolderLock, FolderLocked
-from pipeline.folder.manifest import latest_records
 from tests.conftest import REPO
+from tests.helpers import hooked, latest_records
 
 VOLATILE = {"generation_seconds", "write_seconds", "finished_at", "environment", "rank"}
 ROWS = 12
@@ -165,29 +165,26 @@ def test_full_disk_is_a_clear_error_and_loses_nothing(reference, tiny_config_fil
 
 
 @pytest.fixture
-def failing_prompt(monkeypatch):
-    """Batches holding a row whose prompt contains 'boom' raise, as an out-of-memory error would."""
-    import pipeline.model as model_api
-
-    real = model_api.generate_rgba
+def failing_prompt():
+    """Batches holding a row whose prompt contains 'boom' raise, as an out-of-memory error would; the
+    generation calls are listed."""
     calls = []
 
-    def generate_rgba(model, rows, *args, **kwargs):
+    def before(rows):
         calls.append([r.key for r in rows])
         if any("boom" in r.prompt for r in rows):
             raise RuntimeError("CUDA out of memory (simulated)")
-        return real(model, rows, *args, **kwargs)
 
-    monkeypatch.setattr(model_api, "generate_rgba", generate_rgba)
-    return calls
+    return calls, Seams(renderers=hooked(before))
 
 
 def test_failed_batch_is_retried_row_by_row_and_the_run_goes_on(failing_prompt, tiny_config_file, tmp_path):
+    calls, seams = failing_prompt
     (tmp_path / "t.csv").write_text("id,prompt\na,fine\nb,boom\nc,also fine\n")
     result = CliRunner().invoke(cli, ["generate", str(tmp_path / "t.csv"), "--out", str(tmp_path / "out"),
-                                      "--config", str(tiny_config_file)])  # fmt: skip
+                                      "--config", str(tiny_config_file)], obj=seams)  # fmt: skip
     assert result.exit_code == 3
-    assert failing_prompt == [["a", "b"], ["a"], ["b"], ["c"]]
+    assert calls == [["a", "b"], ["a"], ["b"], ["c"]]
     records = {
         json.loads(x)["id"]: json.loads(x) for x in (tmp_path / "out" / "manifest.jsonl").read_text().splitlines()
     }
@@ -199,6 +196,7 @@ def test_failed_batch_is_retried_row_by_row_and_the_run_goes_on(failing_prompt, 
 def test_max_failures_stops_a_run_that_fails_everywhere(failing_prompt, tiny_config_file, tmp_path):
     (tmp_path / "t.csv").write_text("prompt\nboom 1\nboom 2\nboom 3\nboom 4\nboom 5\n")
     args = ["generate", str(tmp_path / "t.csv"), "--out", str(tmp_path / "out"), "--config", str(tiny_config_file)]
-    result = CliRunner().invoke(cli, [*args, "--max-failures", "1", "--batch-size", "1"])
+    calls, seams = failing_prompt
+    result = CliRunner().invoke(cli, [*args, "--max-failures", "1", "--batch-size", "1"], obj=seams)
     assert result.exit_code == 7 and "2 rows failed (--max-failures 1)" in result.stderr
-    assert len(failing_prompt) == 2
+    assert len(calls) == 2

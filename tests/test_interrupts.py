@@ -13,8 +13,8 @@ from PIL import Image
 
 from pipeline.common.faults import ENV, MOMENTS
 from pipeline.common.storage import Storage
-from pipeline.folder.manifest import latest_records
 from tests.conftest import REPO
+from tests.helpers import latest_records
 
 VOLATILE = {"generation_seconds", "write_seconds", "finished_at", "environment", "rank"}
 ROWS = 6

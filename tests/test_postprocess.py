@@ -19,7 +19,6 @@ import torch
 import yaml
 from PIL import Image
 
-import pipeline.model as model_api
 import pipeline.run.postprocess as postprocess
 from pipeline.common.logs import Log
 from pipeline.input.config import ConfigError, as_dict, load_config
@@ -27,7 +26,9 @@ from pipeline.input.sprite_settings import SpriteSettings
 from pipeline.model.safety import build_tiny_safety_checker
 from pipeline.run.loop import generate
 from pipeline.run.postprocess import IN_FLIGHT, TooManyFailures, writer_threads
+from pipeline.run.renderer import ModelRenderer
 from tests.conftest import REPO, with_run
+from tests.helpers import hooked
 
 VOLATILE = {"generation_seconds", "write_seconds", "finished_at", "environment"}
 
@@ -39,9 +40,10 @@ def write_table(folder, rows, *, prompt=lambda i: f"sprite {i}", checker=lambda 
     return path
 
 
-def run(config, table, out, **run_settings):
+def run(config, table, out, renderers=ModelRenderer, **run_settings):
     with open(os.devnull, "w") as devnull:
-        return generate(with_run(config, **run_settings), table, out, log=Log("json", stream=devnull))
+        log = Log("json", stream=devnull)
+        return generate(with_run(config, **run_settings), table, out, log=log, renderers=renderers)
 
 
 def part_records(out):
@@ -92,23 +94,21 @@ def test_records_keep_row_order_follow_their_files_and_at_most_in_flight_batches
     """Nothing is written until the model has asked for batch IN_FLIGHT + 1, and then only a second later: the
     model must wait for room meanwhile. The first image of every batch is written last."""
     out, seen, gate = tmp_path / "out", [], threading.Event()
-    real_write, real_generate = postprocess.write_image, model_api.generate_rgba
+    real_write = postprocess.write_image
 
     def write_image(storage, url, row, *args, **kwargs):
         gate.wait()
         time.sleep(0.2 if int(row.key[1:]) % 2 == 0 else 0.0)
         return real_write(storage, url, row, *args, **kwargs)
 
-    def generate_rgba(model, rows, *args, **kwargs):
+    def before(rows):
         assert_records_match_files(out)  # at any moment, every record's file is in place
         seen.append((len(seen), len(part_records(out)) // 2, gate.is_set()))  # handed over, recorded, writing
         if len(seen) == IN_FLIGHT + 1:
             threading.Timer(1.0, gate.set).start()
-        return real_generate(model, rows, *args, **kwargs)
 
     monkeypatch.setattr(postprocess, "write_image", write_image)
-    monkeypatch.setattr(model_api, "generate_rgba", generate_rgba)
-    summary = run(tiny_config, write_table(tmp_path, 10), out, writer_threads=2, batch_size=2)
+    summary = run(tiny_config, write_table(tmp_path, 10), out, hooked(before), writer_threads=2, batch_size=2)
     assert summary.ok == 10
     assert [handed - recorded for handed, recorded, _ in seen][: IN_FLIGHT + 1] == list(range(IN_FLIGHT + 1))
     assert max(handed - recorded for handed, recorded, _ in seen) == IN_FLIGHT, seen
@@ -120,13 +120,20 @@ def test_records_keep_row_order_follow_their_files_and_at_most_in_flight_batches
 def test_too_many_failures_stop_a_threaded_run_with_only_its_own_records(tiny_config, tmp_path, monkeypatch):
     calls = []
 
-    def generate_rgba(model, rows, *args, **kwargs):
+    def before(rows):
         calls.append(rows[0].key)
         raise RuntimeError("CUDA out of memory (simulated)")
 
-    monkeypatch.setattr(model_api, "generate_rgba", generate_rgba)
     with pytest.raises(TooManyFailures, match="2 rows failed"):
-        run(tiny_config, write_table(tmp_path, 12), tmp_path / "out", writer_threads=2, batch_size=1, max_failures=1)
+        run(
+            tiny_config,
+            write_table(tmp_path, 12),
+            tmp_path / "out",
+            hooked(before),
+            writer_threads=2,
+            batch_size=1,
+            max_failures=1,
+        )
     assert 2 <= len(calls) <= 2 + IN_FLIGHT + 1  # promptly: at most the batches already handed over
     assert [(r["id"], r["status"]) for r in part_records(tmp_path / "out")] == [("r0", "failed"), ("r1", "failed")]
 
@@ -134,41 +141,54 @@ def test_too_many_failures_stop_a_threaded_run_with_only_its_own_records(tiny_co
 def test_a_stop_signal_finishes_every_batch_handed_over(tiny_config, tmp_path, monkeypatch):
     if threading.current_thread() is not threading.main_thread():
         pytest.skip("signal handlers need the main thread")
-    real_write, real_generate = postprocess.write_image, model_api.generate_rgba
+    real_write = postprocess.write_image
     generated = []
 
     def write_image(*args, **kwargs):
         time.sleep(0.3)  # batches are still being written when the signal comes
         return real_write(*args, **kwargs)
 
-    def generate_rgba(model, rows, *args, **kwargs):
+    def before(rows):
         generated.extend(r.key for r in rows)
         if len(generated) == 4:
             os.kill(os.getpid(), signal.SIGTERM)  # during the second batch
-        return real_generate(model, rows, *args, **kwargs)
 
     monkeypatch.setattr(postprocess, "write_image", write_image)
-    monkeypatch.setattr(model_api, "generate_rgba", generate_rgba)
-    summary = run(tiny_config, write_table(tmp_path, 10), tmp_path / "out", writer_threads=2, batch_size=2)
+    summary = run(
+        tiny_config, write_table(tmp_path, 10), tmp_path / "out", hooked(before), writer_threads=2, batch_size=2
+    )
     assert summary.interrupted and summary.ok == 4
     assert [r["id"] for r in part_records(tmp_path / "out")] == generated == ["r0", "r1", "r2", "r3"]
     assert_records_match_files(tmp_path / "out")
 
 
-def test_a_failed_safety_check_fails_only_the_rows_that_cannot_be_checked_alone(tiny_config, tmp_path,
-                                                                                monkeypatch):  # fmt: skip
+class CheckerFailingOnBoom(ModelRenderer):
+    """Its safety checker fails (as out of memory would) on any set of images that holds a 'boom' row's."""
+
+    def __init__(self, setup):
+        super().__init__(setup)
+        self.boom, real = set(), self.safety_checker
+        outer = self
+
+        class Checker:
+            def flags(self, rgba):
+                if any(image.tobytes() in outer.boom for image in rgba):
+                    raise RuntimeError("CUDA out of memory (simulated)")
+                return real.flags(rgba)
+
+        self.safety_checker = Checker()
+
+    def images(self, rows):
+        images = super().images(rows)
+        self.boom |= {image.tobytes() for row, image in zip(rows, images, strict=True) if "boom" in row.prompt}
+        return images
+
+
+def test_a_failed_safety_check_fails_only_the_rows_that_cannot_be_checked_alone(tiny_config, tmp_path):
     checker = build_tiny_safety_checker(tmp_path / "checker", flag_everything=False)
     config = replace(tiny_config, model=replace(tiny_config.model, safety_checker=str(checker)))
-    real_screen = model_api.screen
-
-    def screen(checker, rows, rgba):
-        if any("boom" in row.prompt for row in rows):
-            raise RuntimeError("CUDA out of memory (simulated)")
-        return real_screen(checker, rows, rgba)
-
-    monkeypatch.setattr(model_api, "screen", screen)
     table = write_table(tmp_path, 4, prompt=lambda i: "boom" if i == 1 else f"sprite {i}", checker=lambda i: i < 3)
-    summary = run(config, table, tmp_path / "out", writer_threads=2, batch_size=4)
+    summary = run(config, table, tmp_path / "out", CheckerFailingOnBoom, writer_threads=2, batch_size=4)
     assert (summary.ok, summary.failed) == (3, 1)
     records = {r["id"]: r for r in part_records(tmp_path / "out")}
     assert {k: (r["status"], r["has_nsfw_concepts"]) for k, r in records.items()} == {

@@ -6,10 +6,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.input.config import Defaults
+from pipeline.input.config import Defaults, load_config
 from pipeline.input.seeds import derive_seed
 from pipeline.input.table import TableError, load_table
-from pipeline.plan.batches import plan_batches
+from pipeline.run.loop import read_table
+from tests.helpers import plan_batches, rows_of
 
 DEFAULTS = Defaults()
 
@@ -23,13 +24,13 @@ def test_csv_with_bom_quoted_newlines_and_commas(tmp_path):
     path = write(tmp_path / "t.csv", '\ufeffprompt,seed\n"a, b\nc",7\nplain,\n')
     table = load_table(path, DEFAULTS)
     assert table.columns == ("prompt", "seed")
-    assert [r.prompt for r in table.rows] == ["a, b\nc", "plain"]
-    assert table.rows[0].seed == 7
-    assert table.rows[1].seed == derive_seed(0, "row-000002")
+    assert [r.prompt for r in rows_of(table)] == ["a, b\nc", "plain"]
+    assert rows_of(table)[0].seed == 7
+    assert rows_of(table)[1].seed == derive_seed(0, "row-000002")
 
 
 def test_defaults_are_the_hosted_api_s(tmp_path):
-    row = load_table(write(tmp_path / "t.csv", "prompt\nx\n"), DEFAULTS).rows[0]
+    row = rows_of(load_table(write(tmp_path / "t.csv", "prompt\nx\n"), DEFAULTS))[0]
     assert (row.negative_prompt, row.guidance_scale, row.num_inference_steps) == ("text, watermark", 8.0, 20)
     assert (row.width, row.height, row.enable_safety_checker) == (1024, 1024, True)
 
@@ -47,8 +48,8 @@ def test_parquet_and_jsonl_give_the_same_rows_as_csv(tmp_path):
     ]
     jsonl = write(tmp_path / "t.jsonl", "".join(json.dumps(x) + "\n" for x in lines))
     tables = [load_table(p, DEFAULTS) for p in (csv, tmp_path / "t.parquet", jsonl)]
-    assert tables[0].rows == tables[1].rows == tables[2].rows
-    assert [r.extra for r in tables[1].rows] == [{"note": "x"}, {"note": "y"}]
+    assert rows_of(tables[0]) == rows_of(tables[1]) == rows_of(tables[2])
+    assert [r.extra for r in rows_of(tables[1])] == [{"note": "x"}, {"note": "y"}]
 
 
 @pytest.mark.parametrize(
@@ -67,7 +68,7 @@ def test_parquet_and_jsonl_give_the_same_rows_as_csv(tmp_path):
 def test_invalid_cells_name_file_row_column_value_and_fix(tmp_path, cells, column, fragment):
     path = write(tmp_path / "t.csv", f"prompt,seed,num_inference_steps,width\nok,1,,\n{cells}\n")
     table = load_table(path, DEFAULTS)
-    assert len(table.rows) == 1 and len(table.invalid) == 1
+    assert len(rows_of(table)) == 1 and len(table.invalid) == 1
     bad = table.invalid[0]
     assert bad.number == 2 and bad.key == "row-000002"
     assert f"{path}: row 2, column '{column}'" in bad.error and fragment in bad.error
@@ -77,13 +78,13 @@ def test_invalid_cells_name_file_row_column_value_and_fix(tmp_path, cells, colum
 def test_unsafe_ids_are_rejected(tmp_path, bad_id):
     pq.write_table(pa.table({"id": [bad_id, "fine"], "prompt": ["p", "q"]}), tmp_path / "t.parquet")
     table = load_table(tmp_path / "t.parquet", DEFAULTS)
-    assert [r.key for r in table.rows] == ["fine"]
+    assert [r.key for r in rows_of(table)] == ["fine"]
     assert "not a safe file name" in table.invalid[0].error
 
 
 def test_duplicate_ids_ignoring_case(tmp_path):
     table = load_table(write(tmp_path / "t.csv", "id,prompt\nCat,a\ndog,b\ncat,c\n"), DEFAULTS)
-    assert [r.key for r in table.rows] == ["Cat", "dog"]
+    assert [r.key for r in rows_of(table)] == ["Cat", "dog"]
     assert "also used by row 1" in table.invalid[0].error
     assert table.invalid[0].key == "row-000003"  # its own key, so its record does not replace row 1's
 
@@ -91,7 +92,7 @@ def test_duplicate_ids_ignoring_case(tmp_path):
 def test_wrong_types_in_parquet(tmp_path):
     pq.write_table(pa.table({"prompt": ["a", "b"], "guidance_scale": ["x", "7"]}), tmp_path / "t.parquet")
     table = load_table(tmp_path / "t.parquet", DEFAULTS)
-    assert [(r.number, r.guidance_scale) for r in table.rows] == [(2, 7.0)]
+    assert [(r.number, r.guidance_scale) for r in rows_of(table)] == [(2, 7.0)]
     assert "column 'guidance_scale': value 'x' is not a number" in table.invalid[0].error
     pq.write_table(pa.table({"prompt": [1, 2]}), tmp_path / "n.parquet")
     assert "must be text" in load_table(tmp_path / "n.parquet", DEFAULTS).invalid[0].error
@@ -110,8 +111,9 @@ def test_wrong_types_in_parquet(tmp_path):
     ],
 )
 def test_unusable_tables_are_usage_errors(tmp_path, name, content, fragment):
+    """As a run reads its table (the manifest's own fields are reserved there)."""
     with pytest.raises(TableError, match=fragment):
-        load_table(write(tmp_path / name, content), DEFAULTS)
+        read_table(load_config(None), write(tmp_path / name, content))
 
 
 def test_non_utf8_and_missing_files(tmp_path):
@@ -124,7 +126,7 @@ def test_non_utf8_and_missing_files(tmp_path):
 
 def test_limit_keeps_the_first_rows(tmp_path):
     table = load_table(write(tmp_path / "t.csv", "prompt\na\nb\nc\n"), DEFAULTS, limit=2)
-    assert [r.prompt for r in table.rows] == ["a", "b"]
+    assert [r.prompt for r in rows_of(table)] == ["a", "b"]
 
 
 def test_derived_seed_is_the_documented_function():
@@ -136,7 +138,7 @@ def test_derived_seed_is_the_documented_function():
 
 def test_batches_group_by_signature_in_first_appearance_order(tmp_path):
     text = "prompt,width\na,64\nb,128\nc,64\nd,64\ne,128\n"
-    rows = load_table(write(tmp_path / "t.csv", text), DEFAULTS).rows
+    rows = rows_of(load_table(write(tmp_path / "t.csv", text), DEFAULTS))
     batches = plan_batches(rows, 2)
     assert [[r.prompt for r in b.rows] for b in batches] == [["a", "c"], ["d"], ["b", "e"]]
     assert [b.index for b in batches] == [0, 1, 2]
@@ -147,5 +149,5 @@ def test_shipped_example_tables_agree():
 
     csv = load_table(REPO / "data" / "prompts.csv", DEFAULTS)
     parquet = load_table(REPO / "data" / "prompts.parquet", DEFAULTS)
-    assert csv.rows == parquet.rows and not csv.invalid and 10 <= csv.total <= 20
-    assert [r.extra for r in csv.rows] == [r.extra for r in parquet.rows]
+    assert rows_of(csv) == rows_of(parquet) and not csv.invalid and 10 <= csv.total <= 20
+    assert [r.extra for r in rows_of(csv)] == [r.extra for r in rows_of(parquet)]

@@ -10,12 +10,13 @@ from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pipeline.cli.commands import cli
+from pipeline.cli import cli
 from pipeline.input.config import Defaults, TemplateConfig
 from pipeline.input.seeds import derive_seed
 from pipeline.input.table import load_table
 from pipeline.input.templates import expand_random
 from pipeline.input.variations import marked_rows
+from tests.helpers import rows_of
 
 DEFAULTS = Defaults()
 
@@ -36,7 +37,7 @@ def table(tmp_path, text, defaults=DEFAULTS, **templates):
 
 
 def images(t):
-    return [(r.key, r.number, r.seed, r.image_index, r.source_id) for r in t.rows]
+    return [(r.key, r.number, r.seed, r.image_index, r.source_id) for r in rows_of(t)]
 
 
 def test_a_table_without_variations_or_templates_is_left_as_read(tmp_path):
@@ -45,8 +46,8 @@ def test_a_table_without_variations_or_templates_is_left_as_read(tmp_path):
                                  "template": [None, "a dog {in braces}", None], "negative_template": [None] * 3,
                                  "position": [0, 1, 2]}  # fmt: skip
     plain = table(tmp_path, "id,prompt,seed\na,a cat,1\nb,a dog,2\n")
-    assert plain.valid.expansion == {} and [r.key for r in plain.rows] == ["a", "b"] == plain.keys
-    assert [(r.image_index, r.source_id, r.template, r.position) for r in plain.rows] == [(0, None, None, None)] * 2
+    assert plain.valid.expansion == {} and [r.key for r in rows_of(plain)] == ["a", "b"] == plain.keys
+    assert [(r.image_index, r.source_id, r.template, r.position) for r in rows_of(plain)] == [(0, None, None, None)] * 2
 
 
 def test_image_i_has_seed_plus_i_and_its_own_key(tmp_path):
@@ -59,7 +60,7 @@ def test_image_i_has_seed_plus_i_and_its_own_key(tmp_path):
         ("shield", 4, 5, 0, None),
     ]  # fmt: skip
     assert t.keys == ["potion", "potion.1", "potion.2", "sword", "sword.1", "bad", "shield"]
-    assert [r.position for r in t.rows] == [0, 1, 2, 3, 4, 6]  # the invalid row keeps its place
+    assert [r.position for r in rows_of(t)] == [0, 1, 2, 3, 4, 6]  # the invalid row keeps its place
     assert (t.row_count, t.total, len(t.invalid)) == (4, 7, 1)
     more = table(tmp_path, text.replace("red potion,10,3", "red potion,10,4"), Defaults(num_images=2))
     assert set(images(t)) < set(images(more))  # raising num_images keeps every image already asked for
@@ -69,7 +70,7 @@ def test_random_templates_draw_each_image_s_prompt_from_its_seed(tmp_path, wildc
     text = ('id,prompt,negative_prompt,num_images,seed\npotion,"a {red|green|blue} potion",{blurry|dark},3,10\n'
             'sword,a sword of __metals__,,,2000\n')  # fmt: skip
     t = table(tmp_path, text, wildcards=str(wildcards))
-    rows = t.rows
+    rows = rows_of(t)
     assert [r.key for r in rows] == ["potion", "potion.1", "potion.2", "sword"]
     for row in rows[:3]:
         assert row.prompt == expand_random("a {red|green|blue} potion", row.seed)
@@ -79,7 +80,7 @@ def test_random_templates_draw_each_image_s_prompt_from_its_seed(tmp_path, wildc
     assert rows[3].prompt == expand_random("a sword of __metals__", 2000, wildcards) == "a sword of iron"
     assert (rows[3].negative_prompt, rows[3].negative_template) == ("text, watermark", None)
     again = table(tmp_path, text, wildcards=str(wildcards))
-    assert [r.prompt for r in again.rows] == [r.prompt for r in rows]
+    assert [r.prompt for r in rows_of(again)] == [r.prompt for r in rows]
 
 
 def test_combinations_are_named_by_their_prompt(tmp_path, wildcards):
@@ -89,13 +90,13 @@ def test_combinations_are_named_by_their_prompt(tmp_path, wildcards):
     for metal in ("gold", "iron", "obsidian"):  # the library's order: lines sorted
         key = "sword." + hashlib.sha256(f"a sword of {metal}".encode()).hexdigest()[:10]
         expected += [(key, f"a sword of {metal}", 7, 0), (f"{key}.1", f"a sword of {metal}", 8, 1)]
-    assert [(r.key, r.prompt, r.seed, r.image_index) for r in t.rows[:6]] == expected
-    assert {r.source_id for r in t.rows[:6]} == {"sword"} and t.rows[6].key == "plain"
+    assert [(r.key, r.prompt, r.seed, r.image_index) for r in rows_of(t)[:6]] == expected
+    assert {r.source_id for r in rows_of(t)[:6]} == {"sword"} and rows_of(t)[6].key == "plain"
     (wildcards / "metals.txt").write_text("bronze\niron\ngold\nobsidian\n")
     grown = table(tmp_path, text, combinatorial=True, wildcards=str(wildcards))
-    assert {(r.key, r.prompt, r.seed) for r in t.rows} < {(r.key, r.prompt, r.seed) for r in grown.rows}
+    assert {(r.key, r.prompt, r.seed) for r in rows_of(t)} < {(r.key, r.prompt, r.seed) for r in rows_of(grown)}
     limited = table(tmp_path, text, combinatorial=True, wildcards=str(wildcards), combination_limit=3)
-    assert "gives more than 3 prompts" in limited.invalid[0].error and [r.key for r in limited.rows] == ["plain"]
+    assert "gives more than 3 prompts" in limited.invalid[0].error and [r.key for r in rows_of(limited)] == ["plain"]
 
 
 @pytest.mark.parametrize(
@@ -114,7 +115,7 @@ def test_combinations_are_named_by_their_prompt(tmp_path, wildcards):
 def test_expansion_errors_make_the_row_invalid_naming_file_row_and_column(tmp_path, wildcards, cells, column,
                                                                          fragment):  # fmt: skip
     t = table(tmp_path, f"prompt,negative_prompt,seed,num_images\nfine,,,\n{cells}\n", wildcards=str(wildcards))
-    assert [r.key for r in t.rows] == ["row-000001"]
+    assert [r.key for r in rows_of(t)] == ["row-000001"]
     (bad,) = t.invalid
     assert bad.number == 2 and f"{tmp_path / 't.csv'}: row 2, column '{column}'" in bad.error
     assert fragment in bad.error
@@ -123,7 +124,7 @@ def test_expansion_errors_make_the_row_invalid_naming_file_row_and_column(tmp_pa
 
 def test_an_image_key_that_is_another_row_s_id_makes_the_expanding_row_invalid(tmp_path):
     t = table(tmp_path, "id,prompt,num_images\npotion,a potion,3\nPOTION.2,a user's own row,\nx,x,2\n")
-    assert [r.key for r in t.rows] == ["POTION.2", "x", "x.1"]
+    assert [r.key for r in rows_of(t)] == ["POTION.2", "x", "x.1"]
     (bad,) = t.invalid
     assert bad.key == "potion" and "column 'id'" in bad.error
     assert "image 'potion.2' would have the key of row 2 (keys are compared ignoring case)" in bad.error
@@ -135,9 +136,9 @@ def test_parquet_rows_with_num_images_and_templates(tmp_path):
                "seed": pa.array([3, 4], pa.int64()), "note": ["n1", "n2"]}  # fmt: skip
     pq.write_table(pa.table(columns), tmp_path / "t.parquet")
     t = load_table(tmp_path / "t.parquet", DEFAULTS)
-    assert [(r.key, r.seed, r.extra) for r in t.rows] == [("a", 3, {"note": "n1"}), ("a.1", 4, {"note": "n1"}),
+    assert [(r.key, r.seed, r.extra) for r in rows_of(t)] == [("a", 3, {"note": "n1"}), ("a.1", 4, {"note": "n1"}),
                                                           ("b", 4, {"note": "n2"})]  # fmt: skip
-    assert "num_images" not in t.rows[0].extra
+    assert "num_images" not in rows_of(t)[0].extra
 
 
 def test_marked_rows_finds_exactly_the_templates():
@@ -172,7 +173,7 @@ def test_keys_stay_unique_and_every_row_is_accounted_for(tmp_path, rows):
         t = table(tmp_path, "id,prompt,num_images\n" + "\n".join(lines) + "\n", combinatorial=combinatorial)
         keys = [k.casefold() for k in t.keys]
         assert len(keys) == len(set(keys)) == t.total
-        assert sorted({r.number for r in t.rows} | {r.number for r in t.invalid}) == list(range(1, len(rows) + 1))
-        assert not {r.number for r in t.rows} & {r.number for r in t.invalid}
-        for row in t.rows:
+        assert sorted({r.number for r in rows_of(t)} | {r.number for r in t.invalid}) == list(range(1, len(rows) + 1))
+        assert not {r.number for r in rows_of(t)} & {r.number for r in t.invalid}
+        for row in rows_of(t):
             assert t.keys[row.position if row.position is not None else row.number - 1] == row.key

@@ -20,7 +20,7 @@ import yaml
 from click.testing import CliRunner
 from prometheus_client.parser import text_string_to_metric_families
 
-from pipeline.cli.commands import cli
+from pipeline.cli.commands import Seams, cli
 from pipeline.common.storage import Storage
 from pipeline.folder.lock import FolderLock
 from pipeline.input.config import NotifyConfig
@@ -28,6 +28,7 @@ from pipeline.plan.sharding import Process
 from pipeline.run.summary import Summary
 from pipeline.unattended.watch import RunWatch, WatchedLog, manifest_outcomes, reports_end
 from tests.conftest import REPO
+from tests.helpers import hooked
 from tests.test_notify import Receiver, closed_port_url
 
 SECRET = "s3cret-for-the-test"
@@ -54,9 +55,9 @@ def nightly_config(tiny_config_file: Path, folder: Path, **notify) -> Path:
     return path
 
 
-def generate(table: Path, out: Path, config: Path, *extra: str):
+def generate(table: Path, out: Path, config: Path, *extra: str, seams: Seams | None = None):
     args = ["generate", str(table), "--out", str(out), "--config", str(config), "--log-format", "json", *extra]
-    return CliRunner(env={"LAYERDIFFUSE_WEBHOOK_SECRET": SECRET}).invoke(cli, args, catch_exceptions=False)
+    return CliRunner(env={"LAYERDIFFUSE_WEBHOOK_SECRET": SECRET}).invoke(cli, args, catch_exceptions=False, obj=seams)
 
 
 def events(stderr: str) -> list[dict]:
@@ -243,16 +244,14 @@ def test_an_error_after_the_run_took_its_folder_reports_failed(receiver, tiny_co
     assert one(metrics(prom)["layerdiffuse_exit_code"]) == 4
 
 
-def test_failed_rows_are_listed_and_too_many_failures_is_failed(receiver, tiny_config_file, tmp_path, monkeypatch):
-    import pipeline.model as model_api
-
-    def generate_rgba(model, rows, *args, **kwargs):  # a batch that runs out of memory, as on a GPU
+def test_failed_rows_are_listed_and_too_many_failures_is_failed(receiver, tiny_config_file, tmp_path):
+    def before(rows):  # a batch that runs out of memory, as on a GPU
         raise RuntimeError(f"CUDA out of memory (simulated) in {rows[0].key}")
 
-    monkeypatch.setattr(model_api, "generate_rgba", generate_rgba)
     config = nightly_config(tiny_config_file, tmp_path)
     result = generate(table(tmp_path, "a,one,1", "b,two,2"), tmp_path / "out", config, "--max-failures", "0",
-                      "--batch-size", "1", "--notify", receiver.on("/hook"), "--ping", receiver.on("/hc"))  # fmt: skip
+                      "--batch-size", "1", "--notify", receiver.on("/hook"), "--ping", receiver.on("/hc"),
+                      seams=Seams(renderers=hooked(before)))  # fmt: skip
     assert result.exit_code == 7, result.stderr
     doc = json.loads(receiver.hits("/hook")[0]["body"])
     assert (doc["status"], doc["exit_code"], doc["counts"]["failed"]) == ("failed", 7, 1)

@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import sys
 import traceback
+from collections.abc import Callable
 from contextlib import contextmanager, suppress
+from dataclasses import dataclass
 from pathlib import Path
 
 import click
@@ -31,6 +33,19 @@ FLAG_SECTIONS = {
     "sprites": ("trim", "alpha_threshold", "pad", "square", "pot", "sizes", "bleed", "premultiplied"),
 }  # fmt: skip
 NOTIFY_FLAGS = ("webhooks", "ping", "metrics_file", "metrics_interval")  # NotifyConfig's (docs/unattended.md)
+
+
+@dataclass(frozen=True)
+class Seams:
+    """What a caller may put in place of the real thing (`CliRunner().invoke(cli, args, obj=Seams(...))`): the
+    renderer factory (tests pass one that fails or waits; benchmarks a stand-in device)."""
+
+    renderers: Callable | None = None  # None: run.renderer.ModelRenderer
+
+
+def _seams() -> Seams:
+    found = click.get_current_context().find_object(Seams)
+    return found if found is not None else Seams()
 
 
 class ExitError(click.ClickException):
@@ -330,7 +345,16 @@ def _run_generate(config: Config, input_path: Path, out_dir: str, shard, log, ve
     }
     try:
         with storage_errors(out_dir):
-            return run.generate(config, input_path, out_dir, shard=shard, log=log, verify=verify, observer=observer)
+            return run.generate(
+                config,
+                input_path,
+                out_dir,
+                shard=shard,
+                log=log,
+                verify=verify,
+                observer=observer,
+                renderers=_seams().renderers or run.ModelRenderer,
+            )
     except tuple(codes) as exc:
         raise ExitError(str(exc), next(code for kind, code in codes.items() if isinstance(exc, kind))) from None
 
@@ -359,6 +383,7 @@ def validate(input_path, config_path, allow_empty_prompt, as_json, **flags):
     Example:
       layerdiffuse validate data/prompts.csv
     """
+    from ..folder.schema import RESERVED_COLUMNS
     from ..input.table import TableError, load_table
 
     try:
@@ -368,7 +393,7 @@ def validate(input_path, config_path, allow_empty_prompt, as_json, **flags):
     except ConfigError as exc:
         raise ExitError(str(exc), ExitCode.USAGE) from None
     try:
-        table = load_table(input_path, config.defaults, templates=config.templates)
+        table = load_table(input_path, config.defaults, templates=config.templates, reserved=RESERVED_COLUMNS)
     except TableError as exc:
         raise ExitError(str(exc), ExitCode.USAGE) from None
     problems = [e for row in table.invalid for e in row.errors]

@@ -23,7 +23,7 @@ from ..common.storage import Storage
 from ..input.passthrough import passthrough_schema, typed_column
 from .contexts import INDEX, Contexts
 from .layout import CHECKPOINT, KEYS, MANIFEST_JSONL, MANIFEST_PARQUET, RUN_INFO
-from .parts import LOG_SCHEMA, read_new, record_from_part
+from .parts import LOG_SCHEMA, read_new
 from .schema import CONTEXT_FIELDS, SCHEMA, json_line, json_record, manifest_schema
 
 STATE_COLUMNS = ["id", "status", "request_hash", "image", "sha256"]
@@ -155,11 +155,6 @@ def missing_keys(storage: Storage) -> list[str]:
     keys, _ = read_keys(storage)
     have = folder_state(storage, ["id"]).column("id")
     return keys.filter(pc.invert(pc.is_in(keys, have))).to_pylist()
-
-
-def latest_records(storage: Storage) -> dict[str, dict]:
-    """{row key: its latest record, as in manifest.jsonl} (whole records: for small folders and tests)."""
-    return {r["id"]: r for r in map(record_from_part, folder_state(storage).to_pylist())}
 
 
 def _checkpoint(storage: Storage, columns: list[str] | None = None) -> tuple[pa.Table, dict[str, int], Contexts]:

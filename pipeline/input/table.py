@@ -9,11 +9,11 @@ from __future__ import annotations
 import io
 import json
 import re
+from collections.abc import Collection
 from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
 
 from ..common.storage import StorageError, display, locate, scrub
-from ..folder.schema import RESERVED_COLUMNS
 from .cells import missing, parse_column, show, unwritable
 from .config import Defaults, TemplateConfig
 from .rows import BATCH_FIELDS, PARAM_COLUMNS, InvalidRow, Row
@@ -82,11 +82,6 @@ class Table:
         """Records of the manifest: one per image, one per invalid row."""
         return len(self.valid) + len(self.invalid)
 
-    @property
-    def rows(self) -> list[Row]:
-        """Every valid row as a `Row` (for small tables; large runs make rows per batch)."""
-        return [self.valid.row(i) for i in range(len(self.valid))]
-
     def without_safety_checker(self) -> Table:
         """The run turned the checker off: no row asks for it, whatever its column says."""
         params = {**self.valid.params, "enable_safety_checker": [False] * len(self.valid)}
@@ -116,19 +111,20 @@ def _placed_keys(valid: RowColumns, invalid: tuple[InvalidRow, ...]) -> list[str
 
 
 def load_table(path: str | Path, defaults: Defaults, limit: int | None = None,
-               templates: TemplateConfig | None = None) -> Table:  # fmt: skip
+               templates: TemplateConfig | None = None, reserved: Collection[str] = ()) -> Table:  # fmt: skip
     """Read and validate a table (a local path or an fsspec URL); only the first `limit` data rows are kept
     when given.
 
     Rows that ask for several images, or whose prompt is a template, become one entry per image
-    (pipeline/variations.py); `templates` says how templates expand (default: random draws, no wildcards).
+    (variations.py); `templates` says how templates expand (default: random draws, no wildcards). `reserved`:
+    column names the table may not use (the manifest's own fields, folder/schema.py).
     """
     names, columns, types = read_columns(str(path))
     path = display(str(path))
     if "prompt" not in names:
         raise TableError(f"{path}: no 'prompt' column (columns found: {', '.join(names) or 'none'}); "
                          "add a 'prompt' column with one text prompt per row")  # fmt: skip
-    clashes = sorted(set(names) & RESERVED_COLUMNS)
+    clashes = sorted(set(names) & set(reserved))
     if clashes:
         raise TableError(f"{path}: column(s) {clashes} clash with manifest fields; rename them")
     if not columns["prompt"]:

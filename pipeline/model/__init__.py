@@ -1,5 +1,5 @@
 """SDXL + LayerDiffuse: the transparent decoder, the UNet weight merge, loading (folders, single-file
-checkpoints, VAE overrides), LoRA adapters, generation, the tiny model.
+checkpoints, VAE overrides), LoRA adapters, generation; random-weight test models in testing/.
 
 Names load on first use, so importing a torch-free submodule (`sources`) does not import torch.
 """
@@ -27,7 +27,6 @@ _HOMES = {
     "LoraError": "lora",
     "ResolvedLora": "lora",
     "resolve_lora": "lora",
-    "resolve_loras": "lora",
     "WeightMergeError": "merge",
     "merge_layerdiffuse_weights": "merge",
     "SafetyChecker": "safety",
@@ -36,9 +35,9 @@ _HOMES = {
     "screen": "safety",
     "ModelFilesMissing": "sources",
     "ModelLoadError": "sources",
-    "build_tiny_model": "tiny",
-    "write_single_file": "tiny",
-    "build_tiny_lora": "tiny_lora",
+    "build_tiny_model": "testing.tiny",
+    "write_single_file": "testing.tiny",
+    "build_tiny_lora": "testing.tiny_lora",
 }
 __all__ = sorted(_HOMES)
 

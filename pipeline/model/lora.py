@@ -21,13 +21,7 @@ from .lora_files import LoraError, LoraFileInfo, ResolvedLora, inspect_lora, lor
 COMPONENTS = ("unet", "text_encoder", "text_encoder_2")
 
 __all__ = ["LoraAdapters", "LoraError", "LoraFileInfo", "LoraRef", "LoraSpecError", "ResolvedLora",
-           "count_adapter_layers", "inspect_lora", "lora_set_key", "parse_lora_list", "resolve_lora",
-           "resolve_loras"]  # fmt: skip
-
-
-def resolve_loras(refs: Sequence[LoraRef]) -> tuple[ResolvedLora, ...]:
-    """Every LoRA of a set found, checked and hashed; the first problem raises `LoraError`."""
-    return tuple(resolve_lora(ref) for ref in refs)
+           "count_adapter_layers", "inspect_lora", "lora_set_key", "parse_lora_list", "resolve_lora"]  # fmt: skip
 
 
 class LoraAdapters:

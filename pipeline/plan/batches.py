@@ -21,12 +21,6 @@ def batch_positions(signatures: Sequence[tuple], batch_size: int) -> list[list[i
     return [group[i : i + batch_size] for group in groups.values() for i in range(0, len(group), batch_size)]
 
 
-def plan_batches(rows: Sequence[Row], batch_size: int) -> list[Batch]:
-    """The same rule on `Row` objects."""
-    positions = batch_positions([row.batch_signature for row in rows], batch_size)
-    return [Batch(index, tuple(rows[p] for p in group)) for index, group in enumerate(positions)]
-
-
 @dataclass(frozen=True)
 class Batch:
     """Rows denoised together; `index` orders batches the same way in every run of a table."""

@@ -4,7 +4,6 @@ done -> batches -> model -> post-processing (safety check, PNG writes, sprites, 
 from __future__ import annotations
 
 import json
-import signal
 import threading
 import time
 from contextlib import contextmanager, suppress
@@ -18,6 +17,7 @@ from ..folder.layout import MANIFEST_JSONL, MANIFEST_PARQUET, part_stem, stats_f
 from ..folder.lock import lock_folder
 from ..folder.manifest import STATE_COLUMNS, folder_state, merge, write_keys, write_run_info
 from ..folder.parts import PartWriter
+from ..folder.schema import RESERVED_COLUMNS
 from ..folder.sweep import sweep_temporaries
 from ..input.config import Config, as_dict
 from ..input.rows import PARAM_COLUMNS
@@ -25,16 +25,47 @@ from ..input.schedulers import SCHEDULERS
 from ..input.table import Table, TableError, load_table
 from ..plan.batches import Batch, batch_positions
 from ..plan.identity import Identity, environment, model_label, request_identity, weights_provenance
-from ..plan.lora_sets import NO_LORAS, LoraSwitch, RowLoraSets, plan_lora_sets
+from ..plan.lora_sets import NO_LORAS, RowLoraSets, plan_lora_sets
 from ..plan.pending import decide
 from ..plan.sharding import Process, candidates, current_process, my_share
 from ..sprites.files import sprite_plan
 from ..sprites.sheets import drop_atlases
-from .outcome import Failed, Invalid, Outcome, Provenance, Rendered, Skipped, manifest_record
+from .outcome import Failed, Invalid, Outcome, Provenance, Skipped, manifest_record
 from .png import PngSettings, a1111_model_fields
-from .postprocess import PostProcessor, writer_threads
+from .postprocess import PostContext, PostProcessor, writer_threads
 from .postprocess import TooManyFailures as TooManyFailures  # a run's errors are run.* (cli.py)
-from .summary import Observer, Summary
+from .renderer import ModelRenderer, Renderer, RendererFactory, RenderSetup
+from .signals import stop_on_signals
+from .summary import Observer, StageTimes, Summary
+
+
+@dataclass(frozen=True)
+class Task:
+    """One shard of a run: batches `index`, `index + count`, ... of the whole table (`--shard I/N`)."""
+
+    index: int = 0
+    count: int = 1
+
+
+@dataclass(frozen=True)
+class Duties:
+    """What a task's process does besides its rows; an executor that holds the folder and merges for all of
+    its tasks (a cluster driver) turns both off."""
+
+    hold_folder: bool = True  # take the folder's lock and the stop signals
+    merge: bool = True  # merge the manifest when this process sees every row finished
+
+
+@dataclass(frozen=True)
+class RunRequest:
+    """A `generate` run, as every executor gets it."""
+
+    config: Config
+    input_path: str | Path
+    out: str | Path
+    verify: bool = False  # re-hash finished images and redo those whose content changed
+    log_format: str | None = None  # None: the config's
+    renderers: RendererFactory = ModelRenderer
 
 
 @dataclass
@@ -53,41 +84,44 @@ class Job:
     summary: Summary = field(default_factory=Summary)
     restyle: set[str] = field(default_factory=set)  # keys of done images whose sprites are derived again
     old_sprites: dict[str, list] = field(default_factory=dict)  # recorded sprites of images to redo
-    seconds: dict[str, float] = field(default_factory=dict)  # time per stage, for the run statistics
+    times: StageTimes = field(default_factory=StageTimes)  # for the run statistics
     loras: RowLoraSets = field(default_factory=lambda: RowLoraSets(NO_LORAS))  # each row's LoRA set
-    _seconds_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
-    def spend(self, stage: str, seconds: float) -> None:
-        """Thread-safe: the post-processing threads add their stages too."""
-        with self._seconds_lock:
-            self.seconds[stage] = self.seconds.get(stage, 0.0) + seconds
+    def post_context(self) -> PostContext:
+        run = self.config.run
+        return PostContext(self.storage, self.identity, self.places, run.images_per_folder, self.config.sprites,
+                           self.old_sprites, run.max_failures, self.summary, self.times, self.log)  # fmt: skip
 
 
 def generate(config: Config, input_path: Path, out: str | Path, shard=None, log: Log | None = None,
-             verify: bool = False, observer: Observer | None = None) -> Summary:  # fmt: skip
-    """`verify`: re-hash the images of finished rows and redo those whose content changed; `observer`: told
-    when the folder is held and when the work is planned."""
+             verify: bool = False, observer: Observer | None = None, renderers: RendererFactory = ModelRenderer,
+             ) -> Summary:  # fmt: skip
+    """A run in this process (the in-process executor); `shard`: (I, N) of a `--shard I/N` job."""
+    request = RunRequest(config, input_path, out, verify, renderers=renderers)
+    return run_task(request, Task(*shard) if shard else None, log=log, observer=observer)
+
+
+def run_task(request: RunRequest, task: Task | None = None, duties: Duties = Duties(), log: Log | None = None,
+             observer: Observer | None = None) -> Summary:  # fmt: skip
+    """This process's part of a run: the whole table, one shard `task`, or its rank's share under a launcher.
+    `observer`: told when the folder is held and when the work is planned."""
     started = time.perf_counter()
+    config = request.config
+    shard = (task.index, task.count) if task else None
     process = current_process(shard)
-    log = log or Log(config.run.log_format)
+    log = log or Log(request.log_format or config.run.log_format)
     log.rank = process.rank
-    # 1. read and validate the table; no model is loaded for a table that is refused
-    table = load_table(input_path, config.defaults, config.run.limit, config.templates)
-    if not config.run.safety_checker:
-        table = table.without_safety_checker()
-    if config.run.strict and table.invalid:
-        raise TableError("\n".join(e for row in table.invalid for e in row.errors) + "\n--strict: nothing was run")
-    storage = Storage(out)
+    table = read_table(config, request.input_path)  # a table that is refused loads no model
+    storage = Storage(request.out)
     made = _first_missing(storage)
     storage.makedirs()
-    # 2. one run per folder; 3. plan; 4. render; 5. merge
     # The signal handlers come with the folder: from the moment a run reports its start, any signal ends
     # it through its own reporting (exit 130), never by the default handlers' sudden death.
-    with lock_folder(storage, process, shard), _unmade_if_refused(storage, made), _stop_on_signals(log) as stop:
+    with _held(storage, process, shard, duties, log, made) as stop:
         if observer:
             observer.started(process)
         config = _folder_sprites(config, storage)
-        job = _plan(config, table, storage, process, log, verify)
+        job = _plan(config, table, storage, process, log, request.verify)
         if observer:
             observer.planned(job.summary)
         fault_point("planned")
@@ -97,13 +131,35 @@ def generate(config: Config, input_path: Path, out: str | Path, shard=None, log:
             if job.restyle and not job.summary.interrupted:
                 _restyle(job, stop)
             if job.batches and not job.summary.interrupted:
-                _render(job, part, stop)
-        _merge(job, table)
-        fault_point("merged")
+                _render(job, part, stop, request.renderers)
+        if duties.merge:
+            _merge(job, table)
+            fault_point("merged")
         job.summary.seconds = time.perf_counter() - started
-        _write_statistics(job, table, input_path, part.stem)
+        _write_statistics(job, table, request.input_path, part.stem)
     log.event("summary", **job.summary.counts(), out=str(storage))
     return job.summary
+
+
+def read_table(config: Config, input_path: str | Path) -> Table:
+    """The table, validated as the run's settings say (`--strict`: any invalid row refuses it all)."""
+    run = config.run
+    table = load_table(input_path, config.defaults, run.limit, config.templates, reserved=RESERVED_COLUMNS)
+    if not config.run.safety_checker:
+        table = table.without_safety_checker()
+    if config.run.strict and table.invalid:
+        raise TableError("\n".join(e for row in table.invalid for e in row.errors) + "\n--strict: nothing was run")
+    return table
+
+
+@contextmanager
+def _held(storage: Storage, process: Process, shard, duties: Duties, log: Log, made: Path | None):
+    """The folder's lock and the stop signals, when this process holds them; yields the stop event."""
+    if not duties.hold_folder:
+        yield threading.Event()
+        return
+    with lock_folder(storage, process, shard), _unmade_if_refused(storage, made), stop_on_signals(log) as stop:
+        yield stop
 
 
 def _first_missing(storage: Storage) -> Path | None:
@@ -173,8 +229,8 @@ def _plan(config: Config, table: Table, storage: Storage, process: Process, log:
     job = Job(config, storage, process, log, own, todo, places, identity, sources, summary, loras=loras,
               restyle={keys[p] for i in mine for p in batches[i] if p in pending.restyle},
               old_sprites={keys[p]: entries for p, entries in pending.old_sprites.items()})  # fmt: skip
-    job.spend("decide", time.perf_counter() - started)
-    job.spend("decide_cpu", time.process_time() - cpu)
+    job.times.spend("decide", time.perf_counter() - started)
+    job.times.spend("decide_cpu", time.process_time() - cpu)
     return job
 
 
@@ -253,7 +309,7 @@ def _restyle(job: Job, stop: threading.Event) -> None:
     stem = part_stem(job.process.rank, job.process.world_size)
     done, dropped = rederive(job.storage, records, job.config.sprites, job.config.run.png_compress_level, stem, stop)
     _log_dropped_atlases(job, dropped)
-    job.spend("sprites", time.perf_counter() - started)
+    job.times.spend("sprites", time.perf_counter() - started)
     job.log.event("sprites_derived", images=done, seconds=round(time.perf_counter() - started, 2))
     if done < len(records):
         job.summary.interrupted = True
@@ -266,77 +322,51 @@ def _log_dropped_atlases(job: Job, labels: list[str]) -> None:
         job.log.event("atlas_removed", f"{shown}: their sprites change; run `layerdiffuse atlas` again to pack them")
 
 
-def _render(job: Job, part: PartWriter, stop: threading.Event) -> None:
+def _render(job: Job, part: PartWriter, stop: threading.Event, renderers: RendererFactory) -> None:
     if all(batch.loras.error for batch in job.batches):  # only rows whose own LoRAs cannot be used: no model
-        with PostProcessor(job, part) as post:
+        with PostProcessor(job.post_context(), part) as post:
             for batch in job.batches:
                 post.submit(batch, _todo(job, batch, [Failed(batch.loras.error)] * len(batch.rows)), 0.0)
         return
     if _stopped(job, stop, "before the model was loaded"):
         return
-    model, switch, provenance = _load_model(job, part)
+    renderer, provenance = _renderer(job, part, renderers)
     config, log = job.config, job.log
     png = PngSettings(model_label(config), SCHEDULERS[config.model.scheduler], config.run.png_compress_level,
                       a1111_model_fields(job.sources, model_label(config)))  # fmt: skip
-    threads = writer_threads(config.run.writer_threads, model.device)
+    threads = writer_threads(config.run.writer_threads, renderer.device)
     with (
         log.progress(len(job.todo)) as advance,
-        PostProcessor(job, part, provenance, png, model.safety_checker, threads, advance) as post,
+        PostProcessor(job.post_context(), part, provenance, png, renderer.safety_checker, threads, advance) as post,
     ):
         for batch in job.batches:
             post.raise_error()  # e.g. too many failures: no more batches are generated
             if _stopped(job, stop, "after the last finished batch"):  # what was handed over is still written
                 break
             started = time.perf_counter()
-            outcomes = _generate_batch(model, batch, job, switch)
+            outcomes = _todo(job, batch, renderer.render(batch))  # the safety check follows in post-processing
             seconds = time.perf_counter() - started
-            job.spend("generate", seconds)
+            job.times.spend("generate", seconds)
             fault_point("batch_generated")
             post.submit(batch, outcomes, round(seconds / len(batch.rows), 4))
             log.event("batch_done", batch=batch.index, rows=len(batch.rows), seconds=round(seconds, 3))
 
 
-def _load_model(job: Job, part: PartWriter):
-    """The model (with the safety checker when a row to do asks for it), its LoRA switch, and the provenance
-    its records carry."""
-    from ..model import LoraAdapters, load_model, resolve_device
-
+def _renderer(job: Job, part: PartWriter, renderers: RendererFactory) -> tuple[Renderer, Provenance]:
+    """The renderer (with the safety checker when a row to do asks for it) and the provenance its records
+    carry."""
     config, started = job.config, time.perf_counter()
     needs_checker = any(r.enable_safety_checker for b in job.batches for r in b.rows if r.key in job.todo)
-    device = resolve_device(config.model.device, job.process.local_rank)
-    model = load_model(config.model, device, safety_checker=needs_checker, sources=job.sources)
-    switch = LoraSwitch(LoraAdapters(model.pipe), job.loras.run)  # the run's LoRAs must fit: exit 4 if not
-    job.log.event("model_loaded", seconds=round(time.perf_counter() - started, 2), device=str(model.device))
-    job.spend("load_model", time.perf_counter() - started)
+    setup = RenderSetup(config, job.sources, job.loras.run, job.process.local_rank, needs_checker, job.log)
+    renderer = renderers(setup)  # the run's LoRAs must fit: exit 4 if not
+    job.log.event("model_loaded", seconds=round(time.perf_counter() - started, 2), device=str(renderer.device))
+    job.times.spend("load_model", time.perf_counter() - started)
     fault_point("model_loaded")
-    env = environment(model.device, model.dtype, config, job.process.world_size)
-    weights = {**model.identity, **weights_provenance(job.sources, config.model.base_config)}
+    env = environment(renderer.device, renderer.dtype, config, job.process.world_size)
+    weights = {**renderer.weights, **weights_provenance(job.sources, config.model.base_config)}
     provenance = Provenance(weights, env, job.process.rank)
     part.set_context(provenance.model, provenance.environment, provenance.rank)
-    return model, switch, provenance
-
-
-def _generate_batch(model, batch: Batch, job: Job, switch: LoraSwitch) -> list[Outcome]:
-    """One outcome per row (batch-mates that are done are `Skipped`); a failed batch is retried row by row.
-    The batch's LoRA set is made the active one first; a set that cannot be used fails the batch's rows.
-    The safety check follows in the post-processing (postprocess.py)."""
-    from ..model import free_memory, generate_rgba
-
-    config = job.config
-
-    def attempt(rows) -> list[Outcome]:
-        try:
-            return [Rendered(rgba) for rgba in generate_rgba(model, rows, config.run.tta, config.run.decoder_sub_batch)]
-        except Exception as exc:  # e.g. out of memory: one bad batch must not end the run
-            free_memory(model)
-            return [Failed(f"{type(exc).__name__}: {exc}")] * len(rows)
-
-    refused = switch.use(batch.loras)
-    outcomes = [Failed(refused)] * len(batch.rows) if refused else attempt(batch.rows)
-    if len(batch.rows) > 1 and isinstance(outcomes[0], Failed) and not refused:
-        job.log.event("batch_retry", outcomes[0].error, batch=batch.index, rows=len(batch.rows))
-        outcomes = [attempt([row])[0] for row in batch.rows]
-    return _todo(job, batch, outcomes)
+    return renderer, provenance
 
 
 def _stopped(job: Job, stop: threading.Event, when: str) -> bool:
@@ -368,7 +398,8 @@ def _write_statistics(job: Job, table: Table, input_path: Path, stem: str) -> No
     stats = {"rank": job.process.rank, "world_size": job.process.world_size, "rows": table.total, "done": s.ok,
              "failed": s.failed, "flagged": s.flagged, "skipped": s.skipped, "invalid": s.invalid,
              "interrupted": s.interrupted, "images_per_second": round(s.images_per_second, 4),
-             "seconds": {"total": round(s.seconds, 3), **{k: round(v, 3) for k, v in job.seconds.items()}}}  # fmt: skip
+             "seconds": {"total": round(s.seconds, 3), **{k: round(v, 3) for k, v in job.times.seconds.items()}},
+             }  # fmt: skip
     job.storage.write(stats_file(stem), (json.dumps(stats, indent=1) + "\n").encode())
     if job.process.is_main:
         info = {"input": _shown_input(input_path), "total_rows": table.total, "finished_at": utc_now(),
@@ -380,28 +411,3 @@ def _shown_input(location) -> str:
     """The table's absolute path, or its URL without credentials."""
     text = str(location)
     return display(text) if "://" in text else str(Path(text).resolve())
-
-
-@contextmanager
-def _stop_on_signals(log: Log):
-    """SIGINT/SIGTERM ask for a stop after the current batch (said at once); a second SIGINT aborts."""
-    stop = threading.Event()
-    if threading.current_thread() is not threading.main_thread():
-        yield stop
-        return
-
-    def request_stop(signum, _frame):
-        if stop.is_set():
-            if signum == signal.SIGINT:
-                raise KeyboardInterrupt
-            return
-        stop.set()  # before the message: a second Ctrl-C while it is written must abort, not say it again
-        log.event("stopping", f"{signal.Signals(signum).name}: finishing the current batch, then stopping "
-                  "(its images are written; rerun to continue). Press Ctrl-C again to abort at once.")  # fmt: skip
-
-    previous = {s: signal.signal(s, request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield stop
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)

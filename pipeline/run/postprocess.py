@@ -13,22 +13,23 @@ from __future__ import annotations
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING
 
 from ..common.faults import fault_point
+from ..common.logs import Log
+from ..common.storage import Storage
 from ..folder.layout import image_url
 from ..folder.parts import PartWriter
 from ..input.rows import Row
+from ..input.sprite_settings import SpriteSettings
 from ..plan.batches import Batch
+from ..plan.identity import Identity
 from ..sprites.files import remove_replaced, write_sprites
 from .outcome import HAS_IMAGE, Failed, Flagged, Outcome, Provenance, Rendered, Skipped, Written, manifest_record
 from .png import PngSettings, write_image
-
-if TYPE_CHECKING:
-    from .loop import Job
+from .summary import StageTimes, Summary
 
 IN_FLIGHT = 2  # batches handed over and not yet recorded: memory stays at about (IN_FLIGHT + 1) batches
 ACCELERATOR_THREADS = 2  # two encoders keep up with 0.3 s/image at batch 4 on shared cores (tests/bench)
@@ -47,6 +48,22 @@ def writer_threads(setting: int | None, device) -> int:
 
 
 @dataclass(frozen=True)
+class PostContext:
+    """What post-processing needs of a run: where images go, how records are made, what it counts."""
+
+    storage: Storage
+    identity: Identity  # request hashes for the records
+    places: Mapping[str, str]  # where a redone row's image already is (its recorded url)
+    images_per_folder: int
+    sprites: SpriteSettings
+    old_sprites: Mapping[str, list]  # recorded sprites of rows redone: removed once their new records are in
+    max_failures: int | None
+    summary: Summary  # counts grow as rows are recorded
+    times: StageTimes
+    log: Log
+
+
+@dataclass(frozen=True)
 class _Handed:
     """A generated batch on its way to its records."""
 
@@ -60,10 +77,10 @@ class PostProcessor:
     block normally finishes every batch handed over (as a signal stop wants), leaving on an error abandons
     those not yet recorded (their rows are redone by the next run)."""
 
-    def __init__(self, job: Job, part: PartWriter, provenance: Provenance | None = None,
+    def __init__(self, context: PostContext, part: PartWriter, provenance: Provenance | None = None,
                  png: PngSettings | None = None, checker=None, threads: int = 0,
                  advance: Callable[[], object] = lambda: None):  # fmt: skip
-        self._job, self._part, self._provenance, self._png = job, part, provenance, png
+        self._context, self._part, self._provenance, self._png = context, part, provenance, png
         self._checker, self._advance = checker, advance
         self._checking = threading.Lock()  # one checker call at a time: its device memory stays that of one batch
         self._pool: Executor = ThreadPoolExecutor(threads, thread_name_prefix="post") if threads else _InTurn()
@@ -142,7 +159,7 @@ class PostProcessor:
             results = [self._check_alone(rows[i], outcomes[i]) for i in wanted]
         for i, result in zip(wanted, results, strict=True):
             checked[i] = result
-        self._job.spend("screen", time.perf_counter() - started)
+        self._context.times.spend("screen", time.perf_counter() - started)
         return checked
 
     def _check(self, rows: list[Row], rendered: list[Rendered]) -> list[Outcome]:
@@ -162,17 +179,17 @@ class PostProcessor:
             return Failed(f"{type(exc).__name__}: {exc}")
 
     def _write(self, row: Row, batch: Batch, outcome: Rendered | Flagged) -> Written:
-        job = self._job
-        url = job.places.get(row.key) or image_url(row.place, row.key, job.config.run.images_per_folder)
-        written = write_image(job.storage, url, row, outcome.rgba, self._png, batch.loras.loras)
-        job.spend("encode", written.encode_seconds)
-        job.spend("write", written.write_seconds - written.encode_seconds)
+        context = self._context
+        url = context.places.get(row.key) or image_url(row.place, row.key, context.images_per_folder)
+        written = write_image(context.storage, url, row, outcome.rgba, self._png, batch.loras.loras)
+        context.times.spend("encode", written.encode_seconds)
+        context.times.spend("write", written.write_seconds - written.encode_seconds)
         fault_point("png_in_place")
-        if job.config.sprites.active:  # derived from the canvas just written, before its record says it is done
+        if context.sprites.active:  # derived from the canvas just written, before its record says it is done
             started = time.perf_counter()
-            sprites = write_sprites(job.storage, url, outcome.rgba, job.config.sprites, self._png.compress_level)
+            sprites = write_sprites(context.storage, url, outcome.rgba, context.sprites, self._png.compress_level)
             written = replace(written, sprites=sprites)
-            job.spend("sprites", time.perf_counter() - started)
+            context.times.spend("sprites", time.perf_counter() - started)
         return written
 
     # --- the committer: records in batch and row order ---
@@ -201,33 +218,33 @@ class PostProcessor:
             elif not isinstance(outcome, Skipped):
                 written = writing.result()
                 self._record_image(row, handed.batch, outcome, written, handed.share)
-                replaced.append((self._job.old_sprites.get(row.key), written.sprites))
+                replaced.append((self._context.old_sprites.get(row.key), written.sprites))
         self._part.flush()
         if replaced:
             fault_point("batch_recorded")
         for old, new in replaced:
-            remove_replaced(self._job.storage, old, new)
+            remove_replaced(self._context.storage, old, new)
 
     def _record_image(self, row: Row, batch: Batch, outcome, written: Written, share: float) -> None:
-        job = self._job
-        request = job.identity.request_hash(row, batch.loras.key)
+        context = self._context
+        request = context.identity.request_hash(row, batch.loras.key)
         self._part.append(manifest_record(row, outcome, request_hash=request, batch=batch, written=written,
                                           provenance=self._provenance, generation_seconds=share))  # fmt: skip
-        job.summary.ok += 1
-        job.summary.flagged += isinstance(outcome, Flagged)
+        context.summary.ok += 1
+        context.summary.flagged += isinstance(outcome, Flagged)
         self._advance()
 
     def _record_failure(self, row: Row, batch: Batch, outcome: Failed) -> None:
-        job = self._job
-        request = job.identity.request_hash(row, batch.loras.key)
+        context = self._context
+        request = context.identity.request_hash(row, batch.loras.key)
         self._part.append(manifest_record(row, outcome, request_hash=request, batch=batch,
                                           provenance=self._provenance))  # fmt: skip
-        job.summary.failed += 1
-        job.log.event("row_failed", outcome.error, id=row.key, row=row.number)
+        context.summary.failed += 1
+        context.log.event("row_failed", outcome.error, id=row.key, row=row.number)
         self._advance()
-        limit = job.config.run.max_failures
-        if limit is not None and job.summary.failed > limit:
-            failed = job.summary.failed
+        limit = context.max_failures
+        if limit is not None and context.summary.failed > limit:
+            failed = context.summary.failed
             raise TooManyFailures(f"{failed} rows failed (--max-failures {limit}); last error: {outcome.error}")
 
 

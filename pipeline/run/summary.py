@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import threading
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
 from ..common.exits import ExitCode
@@ -53,3 +54,15 @@ class Observer(Protocol):
 
     def planned(self, summary: Summary) -> None:
         """The run's live summary, whose counts grow as rows finish."""
+
+
+@dataclass
+class StageTimes:
+    """Seconds per stage, for the run statistics; thread-safe (post-processing threads add their stages)."""
+
+    seconds: dict[str, float] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def spend(self, stage: str, seconds: float) -> None:
+        with self._lock:
+            self.seconds[stage] = self.seconds.get(stage, 0.0) + seconds

@@ -14,13 +14,11 @@ import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
 from .. import __version__
-from ..common.storage import write_atomic
 from .derive import alpha_bbox, crop
 
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
@@ -98,30 +96,6 @@ class Sheet:
     width: int
     height: int
     frames: tuple[Placement, ...]  # sorted by name
-
-
-def pack_atlas(
-    sprites: Sequence[AtlasInput],
-    out_dir: Path,
-    name: str = "atlas",
-    max_size: int = 2048,
-    padding: int = 2,
-    trim: bool = False,
-) -> list[Path]:
-    """Pack, write `<name>-<n>.png` and `.json` per sheet into out_dir; returns the JSON paths.
-
-    `padding`: transparent pixels between frames. `trim`: store each frame cropped to its pixels with
-    alpha > 0 (spriteSourceSize says where they go back). Numbered files of an earlier, larger pack
-    under the same name are removed.
-    """
-    files = atlas_files(sprites, name, max_size, padding, trim)
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for file_name, data in files.items():
-        write_atomic(out_dir / file_name, data)
-    for stale in stale_files([p.name for p in out_dir.iterdir()], name, len(files) // 2):
-        (out_dir / stale).unlink(missing_ok=True)
-    return [out_dir / n for n in files if n.endswith(".json")]
 
 
 def atlas_files(
@@ -262,20 +236,3 @@ def stale_files(names: Sequence[str], name: str, count: int) -> list[str]:
     """Of the file names in a folder, the numbered sheets of `name` beyond the first `count` (an earlier pack)."""
     pattern = re.compile(rf"{re.escape(name)}-(\d+)\.(png|json)")
     return [n for n in names if (match := pattern.fullmatch(n)) and int(match.group(1)) >= count]
-
-
-def load_sprites(folder: Path, pattern: str = "*.png") -> list[AtlasInput]:
-    """Every PNG under folder (recursively, hidden files skipped), named by its path without `.png`."""
-    folder = Path(folder)
-    inputs = []
-    for path in sorted(folder.rglob(pattern)):
-        relative = path.relative_to(folder)
-        if any(part.startswith(".") for part in relative.parts) or not path.is_file():
-            continue
-        try:
-            with Image.open(path) as image:
-                rgba = np.asarray(image.convert("RGBA"))
-        except OSError as exc:
-            raise AtlasError(f"cannot read {path} as an image: {exc}") from exc
-        inputs.append(AtlasInput(relative.with_suffix("").as_posix(), rgba))
-    return inputs

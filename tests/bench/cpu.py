@@ -26,9 +26,9 @@ from pipeline.common.logs import Log  # noqa: E402
 from pipeline.input.config import Config, Defaults, ModelConfig, RunConfig  # noqa: E402
 from pipeline.input.table import load_table  # noqa: E402
 from pipeline.model import build_tiny_model, generate_rgba, load_model  # noqa: E402
-from pipeline.plan.batches import plan_batches  # noqa: E402
 from pipeline.run.loop import generate  # noqa: E402
 from pipeline.run.postprocess import ACCELERATOR_THREADS  # noqa: E402
+from tests.helpers import plan_batches, rows_of  # noqa: E402
 
 from .common import HERE, REPO, machine, median, table, timed, write_section  # noqa: E402
 
@@ -62,7 +62,7 @@ def overhead(work: Path) -> dict:
     config = tiny_config(width=512, height=512, num_inference_steps=2)
     config = replace(config, run=replace(config.run, tta=False))  # cheap generation: writing is a material share
     source = write_table(work, 8)
-    rows = load_table(source, config.defaults).rows
+    rows = rows_of(load_table(source, config.defaults))
     devnull = open(os.devnull, "w")  # noqa: SIM115
 
     def full(name, run=config.run):
@@ -93,7 +93,7 @@ def overhead(work: Path) -> dict:
 def batch_sizes() -> list[list]:
     config = tiny_config(width=256, height=256, num_inference_steps=4)
     model = load_model(config.model)
-    rows = load_table(write_table(Path(tempfile.mkdtemp()), 8), config.defaults).rows
+    rows = rows_of(load_table(write_table(Path(tempfile.mkdtemp()), 8), config.defaults))
     generate_rgba(model, rows[:1])  # warm-up
     out = []
     for size in (1, 2, 4, 8):
@@ -162,8 +162,8 @@ def png_levels() -> list[list]:
     from PIL import Image
 
     config = tiny_config(width=512, height=512, num_inference_steps=2)
-    noisy = generate_rgba(load_model(config.model), load_table(write_table(Path(tempfile.mkdtemp()), 1),
-                                                                  config.defaults).rows, tta=False)[0]  # fmt: skip
+    rows = rows_of(load_table(write_table(Path(tempfile.mkdtemp()), 1), config.defaults))
+    noisy = generate_rgba(load_model(config.model), rows, tta=False)[0]
     yy, xx = np.mgrid[:512, :512]
     disc = np.clip(1 - (np.hypot(yy - 256, xx - 256) - 150) / 20, 0, 1)
     sprite = np.dstack([np.full((512, 512), 200), yy // 2, xx // 2, disc * 255]).astype(np.uint8)

@@ -1,0 +1,89 @@
+"""The seam between the run loop and the model: the rows of one batch in, one outcome per row out.
+
+The loop makes its renderer once (`RendererFactory`, given a `RenderSetup`) and asks it for every batch.
+`ModelRenderer` serves the tiny model and real SDXL alike: it loads the model, makes each batch's LoRA set the
+active one, and retries a failed batch row by row. Tests and benchmarks pass factories of their own: a
+`ModelRenderer` subclass whose `images` fails or waits, or a stand-in device that loads nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from ..common.logs import Log
+from ..input.config import Config
+from ..input.rows import Row
+from ..plan.batches import Batch
+from ..plan.lora_sets import LoraSet, LoraSwitch
+from .outcome import Failed, Outcome, Rendered
+
+
+@dataclass(frozen=True)
+class RenderSetup:
+    """What a renderer is made from, decided by the plan."""
+
+    config: Config
+    sources: Any  # model.sources.Sources, resolved once
+    run_loras: LoraSet  # the run's own LoRAs: one that cannot be used stops the run (exit 4)
+    local_rank: int  # which accelerator of this machine, under a launcher
+    safety_checker: bool  # some row to render asks for the check
+    log: Log
+
+
+class Renderer(Protocol):
+    """Renders batches; says where (device, dtype) and with which weights, for the records."""
+
+    device: Any  # torch.device: writer threads run beside an accelerator, not on a CPU
+    dtype: Any  # torch.dtype
+    weights: dict  # the identity of the weights that make the images
+    safety_checker: Any  # None unless `RenderSetup.safety_checker`
+
+    def render(self, batch: Batch) -> list[Outcome]:
+        """One `Rendered` or `Failed` per row of the batch, in order."""
+
+
+RendererFactory = Callable[[RenderSetup], Renderer]
+
+
+class ModelRenderer:
+    """SDXL + LayerDiffuse: the model, loaded once, and its LoRA switch."""
+
+    def __init__(self, setup: RenderSetup):
+        from ..model import LoraAdapters, load_model, resolve_device
+
+        config = setup.config
+        device = resolve_device(config.model.device, setup.local_rank)
+        self.model = load_model(config.model, device, safety_checker=setup.safety_checker, sources=setup.sources)
+        self.switch = LoraSwitch(LoraAdapters(self.model.pipe), setup.run_loras)
+        self.device, self.dtype, self.safety_checker = self.model.device, self.model.dtype, self.model.safety_checker
+        self.weights = self.model.identity
+        self.tta, self.sub_batch, self.log = config.run.tta, config.run.decoder_sub_batch, setup.log
+
+    def render(self, batch: Batch) -> list[Outcome]:
+        """A batch whose LoRA set cannot be used fails; a failed batch is retried row by row (one bad row, or
+        a batch too large for the device's memory, must not fail its batch-mates)."""
+        refused = self.switch.use(batch.loras)
+        if refused:
+            return [Failed(refused)] * len(batch.rows)
+        outcomes = self._attempt(batch.rows)
+        if len(batch.rows) > 1 and isinstance(outcomes[0], Failed):
+            self.log.event("batch_retry", outcomes[0].error, batch=batch.index, rows=len(batch.rows))
+            outcomes = [self._attempt([row])[0] for row in batch.rows]
+        return outcomes
+
+    def images(self, rows: Sequence[Row]):
+        """RGBA uint8 [B, H, W, 4] of rows that share a batch signature."""
+        from ..model import generate_rgba
+
+        return generate_rgba(self.model, rows, self.tta, self.sub_batch)
+
+    def _attempt(self, rows: Sequence[Row]) -> list[Outcome]:
+        from ..model import free_memory
+
+        try:
+            return [Rendered(rgba) for rgba in self.images(rows)]
+        except Exception as exc:  # e.g. out of memory: one bad batch must not end the run
+            free_memory(self.model)
+            return [Failed(f"{type(exc).__name__}: {exc}")] * len(rows)
