@@ -24,7 +24,7 @@ from pipeline.common.logs import Log
 from pipeline.input.config import ConfigError, as_dict, load_config
 from pipeline.input.sprite_settings import SpriteSettings
 from pipeline.model.safety import build_tiny_safety_checker
-from pipeline.run.loop import generate
+from pipeline.run.executor import generate
 from pipeline.run.postprocess import IN_FLIGHT, TooManyFailures, writer_threads
 from pipeline.run.renderer import ModelRenderer
 from tests.conftest import REPO, with_run

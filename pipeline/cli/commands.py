@@ -334,27 +334,22 @@ def _run_generate(config: Config, input_path: Path, out_dir: str, shard, log, ve
     from ..folder.lock import FolderLocked
     from ..input.table import TableError
     from ..model.sources import ModelLoadError
-    from ..run import loop as run
+    from ..run.executor import InProcess
+    from ..run.loop import RunRequest, Task, TooManyFailures
+    from ..run.renderer import ModelRenderer
 
     codes = {
         TableError: ExitCode.USAGE,
         StorageError: ExitCode.USAGE,
         ModelLoadError: ExitCode.MODEL,
         FolderLocked: ExitCode.LOCKED,
-        run.TooManyFailures: ExitCode.TOO_MANY_FAILURES,
+        TooManyFailures: ExitCode.TOO_MANY_FAILURES,
     }
+    request = RunRequest(config, input_path, out_dir, verify, renderers=_seams().renderers or ModelRenderer)
+    executor = InProcess(Task(*shard) if shard else None)
     try:
         with storage_errors(out_dir):
-            return run.generate(
-                config,
-                input_path,
-                out_dir,
-                shard=shard,
-                log=log,
-                verify=verify,
-                observer=observer,
-                renderers=_seams().renderers or run.ModelRenderer,
-            )
+            return executor.run(request, log, observer)
     except tuple(codes) as exc:
         raise ExitError(str(exc), next(code for kind, code in codes.items() if isinstance(exc, kind))) from None
 

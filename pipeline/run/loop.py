@@ -93,14 +93,6 @@ class Job:
                            self.old_sprites, run.max_failures, self.summary, self.times, self.log)  # fmt: skip
 
 
-def generate(config: Config, input_path: Path, out: str | Path, shard=None, log: Log | None = None,
-             verify: bool = False, observer: Observer | None = None, renderers: RendererFactory = ModelRenderer,
-             ) -> Summary:  # fmt: skip
-    """A run in this process (the in-process executor); `shard`: (I, N) of a `--shard I/N` job."""
-    request = RunRequest(config, input_path, out, verify, renderers=renderers)
-    return run_task(request, Task(*shard) if shard else None, log=log, observer=observer)
-
-
 def run_task(request: RunRequest, task: Task | None = None, duties: Duties = Duties(), log: Log | None = None,
              observer: Observer | None = None) -> Summary:  # fmt: skip
     """This process's part of a run: the whole table, one shard `task`, or its rank's share under a launcher.

@@ -1,6 +1,6 @@
 """A run reports itself: health pings, Prometheus textfile metrics and webhooks, from one observer.
 
-`RunWatch` wraps the `generate` command (`reporting()`) and is handed to `run.generate` as its observer,
+`RunWatch` wraps the `generate` command (`reporting()`) and is handed to the executor as its observer,
 so it sees the three moments that matter:
 - the folder lock is held (`started`): the run id is made, the metrics file starts being rewritten and
   `PING/start` goes out (in the background: a slow health-check service never delays the run);

@@ -26,7 +26,7 @@ from pipeline.common.logs import Log  # noqa: E402
 from pipeline.input.config import Config, Defaults, ModelConfig, RunConfig  # noqa: E402
 from pipeline.input.table import load_table  # noqa: E402
 from pipeline.model import build_tiny_model, generate_rgba, load_model  # noqa: E402
-from pipeline.run.loop import generate  # noqa: E402
+from pipeline.run.executor import generate  # noqa: E402
 from pipeline.run.postprocess import ACCELERATOR_THREADS  # noqa: E402
 from tests.helpers import plan_batches, rows_of  # noqa: E402
 

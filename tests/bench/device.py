@@ -180,7 +180,7 @@ def config_for(case: Case):
 def run_case(case: Case, folder: Path, shard: tuple[int, int] | None, rss_marks=()) -> dict:
     """One `generate` call under the stand-in, in this process; times are perf_counter and time.time."""
     from pipeline.common.logs import Log
-    from pipeline.run.loop import generate
+    from pipeline.run.executor import generate
 
     folder.mkdir(parents=True, exist_ok=True)
     source = write_table(folder, case.images)
