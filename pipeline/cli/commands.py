@@ -17,10 +17,18 @@ from ..common.storage import display, scrub
 from ..export import DEFAULT_SHARD_SIZE as EXPORT_SHARD_SIZE
 from ..export import FORMATS as EXPORT_FORMATS
 from ..input.cells import MAX_IMAGES
-from ..input.config import DTYPES, INJECTIONS, LOG_FORMATS, Config, ConfigError, load_config
+from ..input.config import DTYPES, INJECTIONS, LOG_FORMATS, Config, ConfigError, load_config, load_notify
 from ..input.schedulers import SCHEDULER_NAMES
 from ..input.sprite_settings import MAX_SIDE
 from ..input.templates import MAX_COMBINATION_LIMIT
+
+D = load_config(None)  # the defaults that `--help` texts show (a config file or flag may change them)
+NOTIFY_DEFAULTS = load_notify(None)
+
+
+def _on(flag: bool) -> str:
+    return "on" if flag else "off"
+
 
 # Which config section each `generate` flag overrides.
 FLAG_SECTIONS = {
@@ -166,7 +174,7 @@ def sprite_options(function):
         click.option("--trim", is_flag=True, default=None, help="Sprites: crop to the pixels with alpha above the "
                      "threshold."),
         click.option("--alpha-threshold", type=click.IntRange(0, 254), metavar="N",
-                     help="Sprites: alpha at or below N counts as empty when trimming (default 0)."),
+                     help=f"Sprites: alpha at or below N counts as empty (default {D.sprites.alpha_threshold})."),
         click.option("--pad", type=click.IntRange(0, MAX_SIDE), metavar="N",
                      help="Sprites: transparent border of N output pixels on every side."),
         click.option("--square", is_flag=True, default=None, help="Sprites: square canvas, object centred."),
@@ -186,13 +194,13 @@ def template_options(function):
     """Images per row and prompt templates, the same on `generate` and `validate` (config `templates:`)."""
     options = [
         click.option("--images-per-prompt", "num_images", type=click.IntRange(1, MAX_IMAGES), metavar="N",
-                     help="Images of rows without a num_images value; image i has seed + i (default 1)."),
+                     help=f"Images of rows without num_images; image i: seed + i (default {D.defaults.num_images})."),
         click.option("--wildcards", metavar="DIR", help="Folder of wildcard files for __name__ in prompt templates."),
         click.option("--combinatorial", is_flag=True, default=None,
                      help="A template row gives every combination (default: one prompt drawn from its seed)."),
         click.option("--combination-limit", type=click.IntRange(1, MAX_COMBINATION_LIMIT), metavar="N",
-                     help="Most prompts one template row may give in combinatorial mode (default 1000, "
-                          f"at most {MAX_COMBINATION_LIMIT:,})."),
+                     help="Most prompts a template row may give in combinatorial mode "
+                          f"(default {D.templates.combination_limit:,}, at most {MAX_COMBINATION_LIMIT:,})."),
     ]  # fmt: skip
     for option in reversed(options):
         function = option(function)
@@ -210,27 +218,38 @@ def template_options(function):
 @click.option("--lora", "loras", multiple=True, metavar="PATH_OR_HUB_ID[:WEIGHT]", callback=_loras,
               help="A LoRA for every row, weight 1 by default (repeatable; replaces model.loras; a row's "
                    "`loras` column adds its own).")  # fmt: skip
-@click.option("--scheduler", type=click.Choice(SCHEDULER_NAMES), help="Sampler (default euler).")
-@click.option("--injection", type=click.Choice(INJECTIONS), help="LayerDiffuse UNet patch (default attn).")
+@click.option("--scheduler", type=click.Choice(SCHEDULER_NAMES), help=f"Sampler (default {D.model.scheduler}).")
+@click.option(
+    "--injection", type=click.Choice(INJECTIONS), help=f"LayerDiffuse UNet patch (default {D.model.injection})."
+)
 @click.option("--vae-tiling/--no-vae-tiling", default=None, help="Tiled VAE decode: less memory at large sizes.")
 @click.option("--batch-size", type=click.IntRange(min=1), help="Images per denoising call.")
 @click.option("--seed", type=click.IntRange(0, 2**64 - 1), help="Base seed for rows without a seed.")
 @click.option("--width", type=int, help="Default width for rows without one (multiple of 64).")
 @click.option("--height", type=int, help="Default height for rows without one (multiple of 64).")
-@click.option("--num-inference-steps", type=int, help="Default steps (hosted API: 20).")
-@click.option("--guidance-scale", type=float, help="Default CFG scale (hosted API: 8).")
-@click.option("--negative-prompt", help='Default negative prompt (hosted API: "text, watermark").')
+@click.option("--num-inference-steps", type=int, help=f"Default steps (hosted API: {D.defaults.num_inference_steps}).")
+@click.option("--guidance-scale", type=float, help=f"Default CFG scale (hosted API: {D.defaults.guidance_scale:g}).")
+@click.option("--negative-prompt", help=f'Default negative prompt (hosted API: "{D.defaults.negative_prompt}").')
 @click.option("--allow-empty-prompt", is_flag=True, default=None, help="Accept rows with an empty prompt.")
 @click.option("--limit", type=click.IntRange(min=0), help="Only the first N rows of the table.")
 @click.option("--max-failures", type=click.IntRange(min=0), help="Stop once more than N rows have failed.")
 @click.option("--overwrite", is_flag=True, default=None, help="Redo every row, even those already done.")
 @click.option("--strict", is_flag=True, default=None, help="Refuse the whole table if any row is invalid.")
-@click.option("--safety-checker/--no-safety-checker", default=None,
-              help="Run the safety checker on rows that ask for it (default on, as in the hosted API).")  # fmt: skip
-@click.option("--tta/--no-tta", default=None, help="8-view test-time augmentation in the decoder (default on).")
+@click.option(
+    "--safety-checker/--no-safety-checker",
+    default=None,
+    help=f"Run the checker on rows that ask (default {_on(D.run.safety_checker)}, as the hosted API).",
+)
+@click.option(
+    "--tta/--no-tta", default=None, help=f"8-view test-time augmentation in the decoder (default {_on(D.run.tta)})."
+)
 @click.option("--device", help="cpu, cuda, cuda:1 ... (default: auto).")
 @click.option("--dtype", type=click.Choice(DTYPES), help="Model dtype (auto: float16 on GPU, float32 on CPU).")
-@click.option("--png-compress-level", type=click.IntRange(0, 9), help="zlib level of the PNGs (default 6).")
+@click.option(
+    "--png-compress-level",
+    type=click.IntRange(0, 9),
+    help=f"zlib level of the PNGs (default {D.run.png_compress_level}).",
+)
 @click.option("--shard", callback=_shard, metavar="I/N", help="Run only shard I of N (for job arrays).")
 @click.option("--log-format", type=click.Choice(LOG_FORMATS), help="json: one object per line for cron.")
 @click.option("--verify", is_flag=True, help="Re-hash finished images and redo those whose content changed.")
@@ -244,8 +263,12 @@ def template_options(function):
                    "basic auth).")  # fmt: skip
 @click.option("--metrics-file", metavar="PATH.prom", callback=_metrics_file,
               help="Prometheus textfile (node_exporter), rewritten while running and at the end.")  # fmt: skip
-@click.option("--metrics-interval", type=click.FloatRange(min=0, min_open=True), metavar="SECONDS",
-              help="Seconds between rewrites of --metrics-file (default 15).")  # fmt: skip
+@click.option(
+    "--metrics-interval",
+    type=click.FloatRange(min=0, min_open=True),
+    metavar="SECONDS",
+    help=f"Seconds between rewrites of --metrics-file (default {NOTIFY_DEFAULTS.metrics_interval:g}).",
+)
 @template_options
 @sprite_options
 def generate(input_path, out_dir, config_path, shard, log_format, make_report, **flags):

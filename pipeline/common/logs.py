@@ -7,16 +7,10 @@ import sys
 import threading
 import time
 from contextlib import contextmanager
-from datetime import datetime, timezone
 
+from .clock import utc_now
 from .storage import scrub
 
-
-def utc_now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-# Events the progress bar already shows: not printed while it is on screen.
 SHOWN_BY_BAR = {"batch_done"}
 
 

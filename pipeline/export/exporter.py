@@ -10,8 +10,8 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 
+from ..common.clock import utc_now
 from ..common.exits import ExitCode
-from ..common.logs import utc_now
 from ..common.storage import Storage, display, storage_failure
 from .destination import open_destination
 from .errors import ExportError

@@ -16,8 +16,8 @@ import socket
 from contextlib import contextmanager
 from pathlib import Path
 
+from ..common.clock import utc_now
 from ..common.fingerprint import cache_dir
-from ..common.logs import utc_now
 from .layout import LOCK, shard_lock
 
 

@@ -15,6 +15,7 @@ from enum import Enum
 import orjson
 import pyarrow as pa
 
+from ..common.clock import iso_utc
 from ..input.passthrough import json_default, json_value
 from ..input.rows import PARAM_COLUMNS
 from ..input.sprite_settings import SpriteSettings
@@ -97,7 +98,7 @@ def manifest_schema(passthrough: pa.Schema) -> pa.Schema:
 def json_record(row: dict) -> dict:
     """A row as Arrow gives it (from manifest.parquet or a log) -> the record as manifest.jsonl has it."""
     if row.get("finished_at") is not None and not isinstance(row["finished_at"], str):
-        row["finished_at"] = row["finished_at"].isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        row["finished_at"] = iso_utc(row["finished_at"])
     if isinstance(row.get("input"), str):
         row["input"] = json.loads(row["input"])
     for name in row.keys() - _NAMES:  # passthrough cells of manifest.parquet, with their own Arrow types

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import io
 import json
-import re
 from collections.abc import Collection
 from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
 
+from ..common.names import SAFE_NAME
 from ..common.storage import StorageError, display, locate, scrub
 from .cells import missing, parse_column, show, unwritable
 from .config import Defaults, TemplateConfig
@@ -21,7 +21,6 @@ from .seeds import derive_seed
 from .variations import expand_columns
 
 TABLE_COLUMNS = ("id", "num_images", "loras")  # read by the table stage itself: not passed through
-ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 LORAS = "loras"  # the optional per-row LoRA column (`path:weight; path:weight`)
 SUFFIXES = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet", ".jsonl": "jsonl", ".ndjson": "jsonl"}
 
@@ -289,13 +288,13 @@ def _keys(ids: list) -> tuple[list[str], dict[int, list[str]]]:
 
 
 def _row_key(value, number: int) -> tuple[str, list[str]]:
-    if type(value) is str and ID_PATTERN.fullmatch(value) and not value.endswith("."):
+    if type(value) is str and SAFE_NAME.fullmatch(value) and not value.endswith("."):
         return value, []
     if missing(value):
         return f"row-{number:06d}", []
     if isinstance(value, int) and not isinstance(value, bool):
         value = str(value)
-    if not isinstance(value, str) or not ID_PATTERN.fullmatch(value) or value.endswith("."):
+    if not isinstance(value, str) or not SAFE_NAME.fullmatch(value) or value.endswith("."):
         shown = value if isinstance(value, str) else type(value).__name__
         return f"row-{number:06d}", [
             f"column 'id': value {show(shown)} is not a safe file name; use 1-128 letters, digits, '.', '_' or '-', "

@@ -25,7 +25,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-KEY_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+from ..common.names import SAFE_NAME
+
 MAX_KEY = 128
 MAX_SEED = 2**64 - 1
 DEFAULT_COMBINATION_LIMIT = 1000  # more from one row is almost surely a mistake in the template
@@ -211,7 +212,7 @@ def combination_key(key: str, prompt: str) -> str:
 
 
 def _check_key(key: str) -> None:
-    if not isinstance(key, str) or not KEY_PATTERN.fullmatch(key):
+    if not isinstance(key, str) or not SAFE_NAME.fullmatch(key):
         raise ValueError(f"{key!r} is not a valid key: use 1-128 letters, digits, '.', '_' or '-'")
 
 

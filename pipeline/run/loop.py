@@ -10,8 +10,9 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from ..common.clock import utc_now
 from ..common.faults import fault_point
-from ..common.logs import Log, utc_now
+from ..common.logs import Log
 from ..common.storage import Storage, display
 from ..folder.layout import MANIFEST_JSONL, MANIFEST_PARQUET, part_stem, stats_file
 from ..folder.lock import lock_folder

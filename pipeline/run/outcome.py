@@ -7,7 +7,7 @@ from typing import Any, Union
 
 import numpy as np
 
-from ..common.logs import utc_now
+from ..common.clock import utc_now
 from ..folder.schema import LORA, MANIFEST_FIELDS, Status
 from ..input.passthrough import text_cell
 from ..input.rows import PARAM_COLUMNS, InvalidRow, Row

@@ -19,9 +19,9 @@ import numpy as np
 from PIL import Image
 
 from .. import __version__
+from ..common.names import SAFE_NAME
 from .derive import alpha_bbox, crop
 
-NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 MIN_SHEET = 64  # smallest square tried before growing by powers of two
 
 
@@ -116,7 +116,7 @@ def atlas_files(
 
 
 def _check_args(name: str, max_size: int, padding: int) -> None:
-    if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name):
+    if not isinstance(name, str) or not SAFE_NAME.fullmatch(name):
         raise AtlasError(f"atlas name {name!r} is not a safe file name; use 1-128 letters, digits, '.', '_' or '-'")
     if isinstance(max_size, bool) or not isinstance(max_size, int) or not 1 <= max_size <= 16384:
         raise AtlasError(f"maximum sheet size must be 1 to 16384 pixels, got {max_size!r}")

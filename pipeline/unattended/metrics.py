@@ -13,8 +13,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from ..common.exits import ExitCode
 from ..input.unattended_settings import check_labels
-from .notify import EXIT_INTERRUPTED, EXIT_OK, OUTCOMES, LogFn, RunCounts, RunReport
+from .notify import OUTCOMES, LogFn, RunCounts, RunReport
 
 PREFIX = "layerdiffuse_"
 LAST_SUCCESS = PREFIX + "last_success_timestamp_seconds"
@@ -47,7 +48,7 @@ class MetricsSnapshot:
 
     @property
     def succeeded(self) -> bool:
-        return not self.running and self.exit_code == EXIT_OK
+        return not self.running and self.exit_code == ExitCode.OK
 
 
 def write_metrics(path: str | Path, snapshot: MetricsSnapshot, labels: Mapping[str, str] | None = None) -> None:
@@ -192,4 +193,4 @@ def exit_code_of(exc: BaseException | None) -> int | None:
         return None
     if isinstance(exc, SystemExit):
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-    return EXIT_INTERRUPTED if isinstance(exc, KeyboardInterrupt) else 1
+    return ExitCode.INTERRUPTED if isinstance(exc, KeyboardInterrupt) else ExitCode.INTERNAL

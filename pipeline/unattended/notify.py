@@ -19,10 +19,12 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 from .. import __version__
+from ..common.clock import iso_utc
+from ..common.exits import ExitCode
 
 USER_AGENT = f"layerdiffuse-batch/{__version__}"
 SIGNATURE_HEADER = "X-Signature-SHA256"
@@ -31,7 +33,6 @@ STATUSES = ("ok", "partial", "failed", "interrupted")
 OUTCOMES = ("done", "failed", "flagged", "skipped", "invalid")
 FIRST_FAILURES = 10  # failures listed in the document; the manifest has them all
 ERROR_CHARS = 500  # one failure's error text in the document, cut beyond this
-EXIT_OK, EXIT_ROWS, EXIT_INTERRUPTED = 0, 3, 130  # as in pipeline/run.py
 RETRY_STATUSES = {429}  # besides 5xx: "too many requests" asks to come back later
 
 LogFn = Callable[..., None]  # Log.event(name, message, **fields)
@@ -59,11 +60,11 @@ def run_status(exit_code: int, counts: RunCounts) -> str:
 
     Exit 7 (too many failures) and the refusals (2, 4, 5, 6, 1) are `failed`: the run did not finish.
     """
-    if exit_code == EXIT_OK:
+    if exit_code == ExitCode.OK:
         return "ok"
-    if exit_code == EXIT_INTERRUPTED:
+    if exit_code == ExitCode.INTERRUPTED:
         return "interrupted"
-    if exit_code == EXIT_ROWS and counts.done + counts.skipped > 0:
+    if exit_code == ExitCode.ROWS and counts.done + counts.skipped > 0:
         return "partial"
     return "failed"
 
@@ -109,8 +110,8 @@ class RunReport:
             "status": self.status,
             "exit_code": self.exit_code,
             "counts": self.counts.as_dict(),
-            "started_at": _iso(self.started_at),
-            "finished_at": _iso(self.finished_at),
+            "started_at": iso_utc(self.started_at),
+            "finished_at": iso_utc(self.finished_at),
             "duration_seconds": round(_finite(self.duration_seconds), 3),
             "images_per_second": round(_finite(self.images_per_second), 3),
             "out": self.out,
@@ -130,10 +131,6 @@ class RunReport:
             f"layerdiffuse run {self.run_id} on {self.host}: {self.status} (exit {self.exit_code}); "
             f"{counts or 'no rows'} in {self.duration_seconds:.0f} s; output {self.out}"
         )
-
-
-def _iso(moment: datetime) -> str:
-    return moment.astimezone(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def _finite(value: float) -> float:

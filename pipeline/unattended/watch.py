@@ -29,6 +29,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ..common.clock import iso_utc
 from ..common.logs import Log
 from ..folder.schema import Status
 from .notify import FIRST_FAILURES
@@ -143,7 +144,7 @@ class RunWatch:
         finished_at, duration = datetime.now(timezone.utc), time.perf_counter() - self._clock
         summary = self._summary
         if summary is not None and summary.launched and summary.manifest_written:
-            counts, failures = manifest_outcomes(self.storage, since=_iso(self._started_at))
+            counts, failures = manifest_outcomes(self.storage, since=iso_utc(self._started_at))
         else:
             counts, failures = summary_counts(summary), self.log.failures
         manifest = self.storage.shown(MANIFEST_PARQUET) if summary is not None and summary.manifest_written else None
@@ -273,8 +274,3 @@ def manifest_outcomes(storage, since: str) -> tuple[RunCounts, list[tuple[str, s
     return RunCounts(done=count(fresh), skipped=count(ok) - count(fresh), flagged=count(flagged),
                      failed=count(pc.equal(status, Status.FAILED.value)),
                      invalid=count(pc.equal(status, Status.INVALID.value))), failures  # fmt: skip
-
-
-def _iso(moment: datetime) -> str:
-    """As `logs.utc_now` writes times, so that the manifest's `finished_at` texts compare in time order."""
-    return moment.astimezone(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
