@@ -457,7 +457,7 @@ def _read_folder(function, out_dir: str):
     """Call `function(storage)` on an output folder, or say why DIR is not one (exit 2)."""
     from ..common.storage import Storage
     from ..folder.layout import KEYS, RUN_INFO
-    from ..folder.repair import FolderStateError
+    from ..folder.manifest import FolderStateError
 
     storage = Storage(out_dir)
     with storage_errors(out_dir):
