@@ -1,4 +1,4 @@
-"""Where an export goes: an output location (pipeline/storage.py), checked to be empty first."""
+"""Where an export goes: an output location (pipeline/common/storage.py), checked to be empty first."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """The table stage's expansion of rows into images: `num_images` variations and prompt templates, column-wise.
 
 A row gives one image unless it asks for more (`num_images`, `--images-per-prompt`) or its prompt or
-negative prompt is a template (pipeline/expand.py has the rules for keys, seeds and prompts). Rows that
+negative prompt is a template (pipeline/input/templates.py has the rules for keys, seeds and prompts). Rows that
 give exactly themselves cost nothing: a table without a `num_images` column, without a default above 1 and
 without template syntax is returned as it came, after one scan of its text in C (`str.join`, `in`).
 """
@@ -140,7 +140,7 @@ def _plan_row(plan: Plan, valid, i: int, templates, allow_empty: bool, templated
 
 
 def _images(valid, i: int, count: int, templates, allow_empty: bool) -> list[Expanded]:
-    """The images of a row with a template in its prompt or negative prompt (pipeline/expand.py)."""
+    """The images of a row with a template in its prompt or negative prompt (pipeline/input/templates.py)."""
     key, seed = valid.keys[i], valid.params["seed"][i]
     prompt, negative = valid.params["prompt"][i], valid.params["negative_prompt"][i]
     wildcards = Path(templates.wildcards).expanduser() if templates.wildcards else None

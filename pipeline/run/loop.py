@@ -34,7 +34,7 @@ from ..sprites.sheets import drop_atlases
 from .outcome import Failed, Invalid, Outcome, Provenance, Skipped, manifest_record
 from .png import PngSettings, a1111_model_fields
 from .postprocess import PostContext, PostProcessor, writer_threads
-from .postprocess import TooManyFailures as TooManyFailures  # a run's errors are run.* (cli.py)
+from .postprocess import TooManyFailures as TooManyFailures  # the CLI takes a run's errors from here
 from .renderer import ModelRenderer, Renderer, RendererFactory, RenderSetup
 from .signals import stop_on_signals
 from .summary import Observer, StageTimes, Summary

@@ -47,7 +47,7 @@ class Summary:
 
 
 class Observer(Protocol):
-    """Watches a run from outside (pipeline/watch.py reports it to webhooks, pings and metrics)."""
+    """Watches a run from outside (pipeline/unattended/watch.py reports it to webhooks, pings and metrics)."""
 
     def started(self, process: Process) -> None:
         """The folder lock is held: the run is this folder's now (called on every process of a launch)."""

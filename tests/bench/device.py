@@ -4,7 +4,7 @@ The full `generate` path (table, planning, resume, post-processing threads, mani
 plumbing; no report) runs with the model replaced by a stand-in that holds no CPU while it "computes": it
 sleeps a set time per image, as a GPU would, and returns sprite-like 1024x1024 RGBA images
 (tests/bench/sprites.py). The stand-in lives here only. It poses as a CUDA device, so `generate` takes its
-GPU path (pipeline/postprocess.py with threads). The safety checker is the real `SafetyChecker` with the
+GPU path (pipeline/run/postprocess.py with threads). The safety checker is the real `SafetyChecker` with the
 real CLIP image processor; only its CLIP forward is replaced by a wait of CHECKER_SECONDS per image. One
 device: the checker's wait and the model's never overlap (a GPU runs one thread's kernels after the other's).
 
