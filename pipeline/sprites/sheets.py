@@ -1,4 +1,4 @@
-"""`atlas DIR`: the sprites an output folder's manifest lists, packed per label into sheets (pipeline/sprites/packer.py).
+"""`atlas DIR`: the sprites an output folder's manifest lists, packed per label into sheets (packer.py).
 
 Sheets go to `DIR/atlas/<label>/<name>-<n>.png` and `.json`, written whole through storage.py; frames are
 named by image key. Only the sprites the latest records list are packed (files of older settings are not).
