@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.common.names import SAFE_NAME
 from pipeline.input.templates import (
-    KEY_PATTERN,
     TemplateError,
     combination_key,
     expand_all,
@@ -37,7 +37,7 @@ def wildcards(tmp_path) -> Path:
 DRAW_SCRIPT = """
 import json, random, sys
 from pathlib import Path
-from pipeline.expand import expand_random, expand_all
+from pipeline.input.templates import expand_random, expand_all
 random.seed(int(sys.argv[2]))  # the global random state must not matter
 templates, folder = json.loads(sys.argv[1]), Path(sys.argv[3])
 print(json.dumps({
@@ -170,7 +170,7 @@ def test_keys_stay_valid_and_distinct():
     long_a, long_b = "a" * 128, "a" * 127 + "b"
     keys = [variant_key(k, i) for k in ("x", long_a, long_b) for i in range(12)]
     keys += [combination_key(k, p) for k in ("x", long_a, long_b) for p in ("red gem", "blue gem")]
-    assert all(KEY_PATTERN.fullmatch(k) for k in keys)
+    assert all(SAFE_NAME.fullmatch(k) for k in keys)
     assert len(set(keys)) == len(keys)
     assert variant_key("row-000001", 0) == "row-000001" and variant_key("row-000001", 7) == "row-000001.7"
     assert combination_key("gem", "red gem") == combination_key("gem", "red gem") != combination_key("gem", "red gem ")

@@ -16,6 +16,7 @@ from pipeline.input.cells import MAX_SEED
 from pipeline.input.config import Defaults
 from pipeline.input.rows import PARAM_COLUMNS
 from pipeline.input.table import TableError, load_table
+from tests.helpers import rows_of
 
 
 def validate(path):
@@ -143,13 +144,13 @@ def test_any_table_splits_into_valid_rows_and_precisely_reported_invalid_ones(tm
     except TableError as exc:
         assert str(path) in str(exc)
         return
-    assert sorted(r.number for r in [*table.rows, *table.invalid]) == list(range(1, len(rows) + 1))
-    for row in table.rows:
+    assert sorted(r.number for r in [*rows_of(table), *table.invalid]) == list(range(1, len(rows) + 1))
+    for row in rows_of(table):
         assert row.width % 64 == 0 and row.height % 64 == 0 and 64 <= row.width <= 4096
         assert 1 <= row.num_inference_steps <= 1000 and 0 <= row.seed <= MAX_SEED
         assert math.isfinite(row.guidance_scale) and isinstance(row.enable_safety_checker, bool)
         assert row.prompt.strip()
     for bad in table.invalid:
         assert bad.errors and all(e.startswith(f"{path}: row {bad.number}, column '") for e in bad.errors)
-    keys = [r.key.casefold() for r in [*table.rows, *table.invalid]]
+    keys = [r.key.casefold() for r in [*rows_of(table), *table.invalid]]
     assert len(keys) == len(set(keys))  # every row gets its own manifest record

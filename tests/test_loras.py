@@ -18,6 +18,7 @@ from pipeline.input.config import ConfigError, load_config
 from pipeline.input.table import load_table
 from pipeline.model.testing.tiny import SINGLE_FILE
 from pipeline.model.testing.tiny_lora import build_tiny_lora
+from tests.helpers import rows_of
 from tests.model.files import KOHYA_LORA, SD1, write_tensors
 
 ROWS = "id,prompt,seed\nsword,a pixel-art sword,1\nshield,a round shield,2\n"
@@ -248,7 +249,7 @@ def test_loras_cells_from_text_lists_and_nulls(tmp_path):
              {"prompt": "e", "loras": ""}]  # fmt: skip
     (tmp_path / "t.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
     table = load_table(tmp_path / "t.jsonl", Defaults())
-    assert [row.loras for row in table.rows] == [
+    assert [row.loras for row in rows_of(table)] == [
         (LoraRef("a.safetensors", 0.5), LoraRef("owner/name")), (), (LoraRef("a.safetensors"),
          LoraRef("b.safetensors", -1.0)), ()]  # fmt: skip
     assert "row 4, column 'loras': value 3 is a int; write LoRAs as text" in table.invalid[0].error
