@@ -158,7 +158,7 @@ def weights_provenance(sources, base_config: str | None) -> dict:
     return record
 
 
-def environment(device, dtype, config: Config, world_size: int) -> dict:
+def environment(device, device_name: str, dtype, config: Config, world_size: int) -> dict:
     import accelerate
     import diffusers
     import torch
@@ -166,7 +166,6 @@ def environment(device, dtype, config: Config, world_size: int) -> dict:
 
     from ..model.generation import default_sub_batch
 
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
     return {
         "python": platform.python_version(),
         "torch": torch.__version__,
@@ -174,7 +173,7 @@ def environment(device, dtype, config: Config, world_size: int) -> dict:
         "transformers": transformers.__version__,
         "accelerate": accelerate.__version__,
         "device": str(device),
-        "device_name": name,
+        "device_name": device_name,
         "dtype": str(dtype).removeprefix("torch."),
         "batch_size": config.run.batch_size,
         "tta": config.run.tta,

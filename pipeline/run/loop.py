@@ -355,7 +355,7 @@ def _renderer(job: Job, part: PartWriter, renderers: RendererFactory) -> tuple[R
     job.log.event("model_loaded", seconds=round(time.perf_counter() - started, 2), device=str(renderer.device))
     job.times.spend("load_model", time.perf_counter() - started)
     fault_point("model_loaded")
-    env = environment(renderer.device, renderer.dtype, config, job.process.world_size)
+    env = environment(renderer.device, renderer.device_name, renderer.dtype, config, job.process.world_size)
     weights = {**renderer.weights, **weights_provenance(job.sources, config.model.base_config)}
     provenance = Provenance(weights, env, job.process.rank)
     part.set_context(provenance.model, provenance.environment, provenance.rank)

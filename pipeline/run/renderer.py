@@ -8,6 +8,7 @@ active one, and retries a failed batch row by row. Tests and benchmarks pass fac
 
 from __future__ import annotations
 
+import platform
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -36,6 +37,7 @@ class Renderer(Protocol):
     """Renders batches; says where (device, dtype) and with which weights, for the records."""
 
     device: Any  # torch.device: writer threads run beside an accelerator, not on a CPU
+    device_name: str  # what the records say it is: "NVIDIA H100 80GB HBM3", the CPU's name
     dtype: Any  # torch.dtype
     weights: dict  # the identity of the weights that make the images
     safety_checker: Any  # None unless `RenderSetup.safety_checker`
@@ -45,6 +47,12 @@ class Renderer(Protocol):
 
 
 RendererFactory = Callable[[RenderSetup], Renderer]
+
+
+def device_name(device) -> str:
+    import torch
+
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
 
 
 class ModelRenderer:
@@ -58,6 +66,7 @@ class ModelRenderer:
         self.model = load_model(config.model, device, safety_checker=setup.safety_checker, sources=setup.sources)
         self.switch = LoraSwitch(LoraAdapters(self.model.pipe), setup.run_loras)
         self.device, self.dtype, self.safety_checker = self.model.device, self.model.dtype, self.model.safety_checker
+        self.device_name = device_name(self.device)
         self.weights = self.model.identity
         self.tta, self.sub_batch, self.log = config.run.tta, config.run.decoder_sub_batch, setup.log
 

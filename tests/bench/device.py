@@ -1,21 +1,22 @@
 """Device-shaped throughput (`python -m tests.bench.device`): is the host work hidden behind the device?
 
-The full `generate` path (table, planning, resume, post-processing threads, manifest, safety-checker
-plumbing; no report) runs with the model replaced by a stand-in that holds no CPU while it "computes": it
-sleeps a set time per image, as a GPU would, and returns sprite-like 1024x1024 RGBA images
-(tests/bench/sprites.py). The stand-in lives here only. It poses as a CUDA device, so `generate` takes its
-GPU path (pipeline/run/postprocess.py with threads). The safety checker is the real `SafetyChecker` with the
-real CLIP image processor; only its CLIP forward is replaced by a wait of CHECKER_SECONDS per image. One
-device: the checker's wait and the model's never overlap (a GPU runs one thread's kernels after the other's).
+The full `generate` path (table, planning, resume, post-processing threads, manifest, safety-checker plumbing; no
+report) runs with the model replaced by a stand-in that holds no CPU while it "computes": it sleeps a set time per
+image, as a GPU would, and returns sprite-like 1024x1024 RGBA images (tests/bench/sprites.py). The stand-in is a
+`Renderer` (pipeline/run/renderer.py) passed to `generate`; it poses as a CUDA device, so `generate` takes its GPU
+path (pipeline/run/postprocess.py with threads). The safety checker is the real `SafetyChecker` with the real CLIP
+image processor; only its CLIP forward is replaced by a wait of CHECKER_SECONDS per image. One device: the
+checker's wait and the model's never overlap (a GPU runs one thread's kernels after the other's).
 
-Reported: wall time / the stand-in's total wait, for 1 and 2 processes (`--shard i/2` jobs side by side,
-one worker process each), at batch 1 and 4; and the peak memory over 100 and 1,000 images.
-Writes its section of tests/bench/RESULTS.md.
+Reported: wall time / the stand-in's total wait, for 1 and 2 processes (`--shard i/2` jobs side by side, one worker
+process each), at batch 1 and 4; and the peak memory over 100 and 1,000 images. Writes its section of
+tests/bench/RESULTS.md.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import resource
@@ -25,7 +26,6 @@ import sys
 import tempfile
 import threading
 import time
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -62,21 +62,7 @@ class Timeline:
     checker_seconds: float = 0.0
     images: int = 0
     rss_at: dict[int, int] = field(default_factory=dict)  # images produced -> RSS bytes
-    screen_seconds: float = 0.0
     device: threading.Lock = field(default_factory=threading.Lock)  # one GPU: its waits never overlap
-
-
-@dataclass
-class StandInModel:
-    """The attributes of `LayerDiffuseModel` that `generate` reads."""
-
-    device: object
-    dtype: object
-    identity: dict
-    safety_checker: object
-    seconds_per_image: float
-    timeline: Timeline
-    pipe: object = None  # no LoRAs: the LoRA switch never touches it
 
 
 class StandInClip:
@@ -93,68 +79,47 @@ class StandInClip:
         return images, [False] * len(images)
 
 
-@contextmanager
-def stand_in(seconds_per_image: float, rss_marks=()):
-    """Swap the model seams for the stand-in while the block runs; yields its Timeline."""
-    import numpy as np
-    import pipeline.identity
-    import psutil
-    import torch
+class StandInRenderer:
+    """A `Renderer` posing as one CUDA device: it sleeps `seconds_per_image` per row (holding no CPU, as a GPU
+    computes) and returns sprite-like images; its safety checker is the real one around `StandInClip`."""
 
-    import pipeline.model
-    import pipeline.run
-    from pipeline.model.safety import SafetyChecker
-
-    from .sprites import sprite_batch
-
-    timeline, process, real_screen = Timeline(), psutil.Process(), pipeline.model.screen
-    real_environment = pipeline.identity.environment
-
-    def load_model(config, device=None, safety_checker=False, **_sources):
+    def __init__(self, setup, seconds_per_image: float, timeline: Timeline, rss_marks=()):
+        import psutil
+        import torch
         from transformers import CLIPImageProcessor
 
-        checker = None
-        if safety_checker:  # the real class and pre-processing; only the CLIP forward waits
-            checker = SafetyChecker(StandInClip(timeline), CLIPImageProcessor(), torch.device("cpu"), torch.float32)
-        return StandInModel(torch.device("cuda", 0), torch.float16, {"base": "stand-in"}, checker,
-                            seconds_per_image, timeline)  # fmt: skip
+        from pipeline.model.safety import SafetyChecker
 
-    def generate_rgba(model, rows, tta=True, decoder_sub_batch=None) -> np.ndarray:
+        self.device, self.device_name, self.dtype = torch.device("cuda", 0), "stand-in", torch.float16
+        self.weights = {"base": "stand-in"}
+        self.safety_checker = None
+        if setup.safety_checker:  # the real class and pre-processing; only the CLIP forward waits
+            clip = StandInClip(timeline)
+            self.safety_checker = SafetyChecker(clip, CLIPImageProcessor(), torch.device("cpu"), torch.float32)
+        self.seconds_per_image, self.timeline, self.rss_marks = seconds_per_image, timeline, rss_marks
+        self.process = psutil.Process()
+
+    def render(self, batch):
+        from pipeline.run.outcome import Rendered
+
+        return [Rendered(rgba) for rgba in self.images(batch.rows)]
+
+    def images(self, rows):
+        from .sprites import sprite_batch
+
+        timeline = self.timeline
         with timeline.device:  # after the checker's forward, if one is running
-            started, seconds = time.perf_counter(), model.seconds_per_image * len(rows)
+            started, seconds = time.perf_counter(), self.seconds_per_image * len(rows)
             time.sleep(seconds)  # returns once this thread has the GIL and a core again: lateness shows contention
             timeline.waits.append((started, time.perf_counter()))
         timeline.late.append(timeline.waits[-1][1] - started - seconds)
         images = sprite_batch([row.seed for row in rows])  # a fresh array per batch, as a device copy is
         before = timeline.images
         timeline.images += len(rows)
-        for mark in rss_marks:
+        for mark in self.rss_marks:
             if before < mark <= timeline.images:
-                timeline.rss_at[mark] = process.memory_info().rss
+                timeline.rss_at[mark] = self.process.memory_info().rss
         return images
-
-    def screen(checker, rows, rgba):
-        started = time.perf_counter()
-        try:
-            return real_screen(checker, rows, rgba)
-        finally:
-            timeline.screen_seconds += time.perf_counter() - started
-
-    def environment(device, dtype, config, world_size):  # the real one asks CUDA for the device's name
-        return {**real_environment(torch.device("cpu"), dtype, config, world_size), "device": "cuda:0",
-                "device_name": "stand-in"}  # fmt: skip
-
-    seams = [(pipeline.model, "load_model", load_model), (pipeline.model, "generate_rgba", generate_rgba),
-             (pipeline.model, "screen", screen), (pipeline.identity, "environment", environment),
-             (pipeline.run, "environment", environment)]  # fmt: skip
-    saved = [(module, name, getattr(module, name)) for module, name, _ in seams if hasattr(module, name)]
-    for module, name, value in seams:
-        setattr(module, name, value)
-    try:
-        yield timeline
-    finally:
-        for module, name, value in saved:
-            setattr(module, name, value)
 
 
 def write_table(folder: Path, rows: int) -> Path:
@@ -184,10 +149,14 @@ def run_case(case: Case, folder: Path, shard: tuple[int, int] | None, rss_marks=
 
     folder.mkdir(parents=True, exist_ok=True)
     source = write_table(folder, case.images)
-    with open(os.devnull, "w") as devnull, stand_in(case.seconds_per_image, rss_marks) as timeline:
+    timeline = Timeline()
+    renderers = functools.partial(StandInRenderer, seconds_per_image=case.seconds_per_image, timeline=timeline,
+                                  rss_marks=rss_marks)  # fmt: skip
+    with open(os.devnull, "w") as devnull:
         rss_start = _rss()
         started_wall, started = time.time(), time.perf_counter()
-        summary = generate(config_for(case), source, folder / "out", shard=shard, log=Log("json", stream=devnull))
+        summary = generate(config_for(case), source, folder / "out", shard=shard, log=Log("json", stream=devnull),
+                           renderers=renderers)  # fmt: skip
         ended = time.perf_counter()
     waits = timeline.waits
     gaps = [b[0] - a[1] for a, b in zip(waits, waits[1:], strict=False)]
@@ -196,7 +165,7 @@ def run_case(case: Case, folder: Path, shard: tuple[int, int] | None, rss_marks=
             "loop": waits[-1][1] - waits[0][0] if waits else 0.0, "head": waits[0][0] - started if waits else 0.0,
             "tail": ended - waits[-1][1] if waits else 0.0, "gap": median(gaps) if gaps else 0.0,
             "late": median(timeline.late) if timeline.late else 0.0,
-            "screen_per_image": timeline.screen_seconds / max(timeline.images, 1), "ok": summary.ok,
+            "screen_per_image": _stage_seconds(folder / "out", "screen") / max(timeline.images, 1), "ok": summary.ok,
             "write_per_image": _write_seconds(folder / "out"), "rss_start": rss_start, "rss_peak": _peak_rss(),
             "rss_at": timeline.rss_at}  # fmt: skip
 
@@ -209,6 +178,12 @@ def _rss() -> int:
 
 def _peak_rss() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
+
+
+def _stage_seconds(out: Path, stage: str) -> float:
+    """A stage's seconds in this run's statistics (stats/<part>.json; the newest part)."""
+    newest = max((out / "stats").glob("*.json"), key=lambda p: p.name)
+    return json.loads(newest.read_text())["seconds"].get(stage, 0.0)
 
 
 def _write_seconds(out: Path) -> float:
