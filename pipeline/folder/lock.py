@@ -97,7 +97,7 @@ def lock_folder(storage, process, shard=None):
     """One run per output folder. The main process of a launch locks for all of its processes; shard jobs
     lock for themselves. Object stores have no locks: a remote folder is locked on this machine only."""
     lock, refusal = None, None
-    if process.is_main or not process.launched:
+    if process.leads:
         try:
             lock = FolderLock(_lock_folder(storage), shard, str(storage))
         except FolderLocked as exc:

@@ -29,6 +29,12 @@ class Process:
     def is_main(self) -> bool:
         return self.rank == 0
 
+    @property
+    def leads(self) -> bool:
+        """Speaks for its run: alone, a shard job, or the main process of a launch (which locks the folder and
+        decides what is left for all of its processes)."""
+        return self.is_main or not self.launched
+
     def share_from_main(self, value):
         """The main process's `value`, on every process of a launch (a start-up broadcast)."""
         if not self.launched:

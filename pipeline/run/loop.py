@@ -207,9 +207,8 @@ def _plan(config: Config, table: Table, storage: Storage, process: Process, log:
     work = pending.todo | pending.restyle if pending.restyle else pending.todo  # images to make or restyle
     mine = my_share(range(len(batches)), process, pending=lambda i: any(p in work for p in batches[i]))
     process.wait_for_peers()  # every process has read the folder before any writes to it
-    reports = process.is_main or not process.launched  # counts the rows it examined
     summary = Summary(invalid=len(table.invalid), launched=process.launched,
-                      skipped=pending.examined - len(pending.todo) if reports else 0)  # fmt: skip
+                      skipped=pending.examined - len(pending.todo) if process.leads else 0)  # fmt: skip
     for row in table.invalid if process.is_main else ():
         log.event("invalid_row", row.error, id=row.key, row=row.number)
     log.event("plan", input=str(table.path), rows=table.total, invalid=len(table.invalid),
