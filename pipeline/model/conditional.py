@@ -1,4 +1,4 @@
-"""The conditional SDXL layer models (SPEC §2, docs/layerdiffuse.md §10): generate one layer given others.
+"""The conditional SDXL layer models (SPEC §2, docs/layerdiffuse.md §9): generate one layer given others.
 
 | mode     | file                         | condition latents (in this order) | output                       |
 |----------|------------------------------|-----------------------------------|------------------------------|

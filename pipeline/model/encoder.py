@@ -1,4 +1,4 @@
-"""The LayerDiffuse transparent VAE encoder (docs/layerdiffuse.md §8): RGBA -> SDXL latent with transparency.
+"""The LayerDiffuse transparent VAE encoder (docs/layerdiffuse.md §7): RGBA -> SDXL latent with transparency.
 
 The normal SDXL VAE encodes the colour flattened onto mid-grey, (rgb * 2 - 1) * alpha; the small
 `LatentTransparencyOffsetEncoder` reads alpha + colour-padded RGB and predicts an offset; the latent is

@@ -1,4 +1,4 @@
-"""Transparent img2img and hires with alpha (docs/layerdiffuse.md §8, §9).
+"""Transparent img2img and hires with alpha (docs/layerdiffuse.md §7, §8).
 
 img2img: RGBA input -> transparent encoder + SDXL VAE (encoder.py) -> latent -> noised to `strength` and
 denoised by the LayerDiffuse UNet -> VAE decode + transparent decode -> straight RGBA uint8.
