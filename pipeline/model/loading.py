@@ -95,10 +95,10 @@ def load_model(
     # rows without a LoRA would change once any LoRA had been loaded in the process.
     for component in (pipe.unet, pipe.vae, pipe.text_encoder, pipe.text_encoder_2, decoder):
         component.requires_grad_(False)
-    if device.type == "cpu":  # results must not depend on which file the weights came from (alignment.py)
-        align_cpu_weights(pipe.unet, pipe.vae, pipe.text_encoder, pipe.text_encoder_2, *conditional.values())
     for unet in conditional.values():
         unet.requires_grad_(False).to(device).eval()
+    if device.type == "cpu":  # results must not depend on which file the weights came from (alignment.py)
+        align_cpu_weights(pipe.unet, pipe.vae, pipe.text_encoder, pipe.text_encoder_2, *conditional.values())
     decoder.to(device=device, dtype=dtype).eval()
     pipe.set_progress_bar_config(disable=True)
     apply_speed_options(pipe, decoder, config)
@@ -119,13 +119,19 @@ def load_model(
             checker = load_safety_checker(sources.safety_checker, device, dtype)
         identity["safety_checker"] = sources.safety_checker
     model = LayerDiffuseModel(pipe, decoder, device, dtype, identity, checker, conditional=conditional)
+    _load_encoder(model, sources)
+    return model
+
+
+def _load_encoder(model: LayerDiffuseModel, sources: Sources) -> None:
+    """The encoder when rows need it; the identity names the new files only then, so text-to-image
+    identities (and the rows they mark done) stay as they were."""
     if sources.encoder_weights:
         with _loading("the transparent encoder", sources.encoder_weights):
-            model.encoder = load_encoder(sources.encoder_weights).to(device=device, dtype=dtype)
-        identity.update(encoder_weights=sources.encoder_weights, encoder_offset_scale=OFFSET_SCALE)
-    if conditional:  # only then: text-to-image identities stay as they were
-        identity["conditional_weights"] = dict(sorted(sources.conditional_weights.items()))
-    return model
+            model.encoder = load_encoder(sources.encoder_weights).to(device=model.device, dtype=model.dtype)
+        model.identity.update(encoder_weights=sources.encoder_weights, encoder_offset_scale=OFFSET_SCALE)
+    if model.conditional:
+        model.identity["conditional_weights"] = dict(sorted(sources.conditional_weights.items()))
 
 
 def _load_conditional(unet, sources: Sources, strength: float) -> dict:
