@@ -1,5 +1,6 @@
-"""SDXL + LayerDiffuse: the transparent decoder, the UNet weight merge, loading (folders, single-file
-checkpoints, VAE overrides), LoRA adapters, generation; random-weight test models in testing/.
+"""SDXL + LayerDiffuse: the transparent decoder and encoder, the UNet weight merge, loading (folders, single-file
+checkpoints, VAE overrides), LoRA adapters, generation, img2img / hires, conditional layer models; random-weight
+test models in testing/.
 
 Names load on first use, so importing a torch-free submodule (`sources`) does not import torch.
 """
@@ -13,12 +14,26 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 _HOMES = {
     "inspect_checkpoint": "checkpoint",
     "require_sdxl_checkpoint": "checkpoint",
+    "Layers": "conditional",
+    "build_conditional_unet": "conditional",
+    "layer_images": "conditional",
+    "layers": "conditional",
+    "side_by_side": "conditional",
     "TransparentVAEDecoder": "decoder",
     "checkerboard": "decoder",
     "to_preview_uint8": "decoder",
     "to_rgba_uint8": "decoder",
+    "LatentTransparencyOffsetEncoder": "encoder",
+    "encode_rgba": "encoder",
+    "load_encoder": "encoder",
+    "pad_rgb": "encoder",
     "free_memory": "generation",
     "generate_rgba": "generation",
+    "generate_hires_rgba": "img2img",
+    "hires_rgba": "img2img",
+    "hires_size": "img2img",
+    "img2img_rgba": "img2img",
+    "resize_rgba": "img2img",
     "LayerDiffuseModel": "loading",
     "load_decoder": "loading",
     "load_model": "loading",

@@ -45,8 +45,11 @@ def default_sub_batch(device: torch.device) -> int:
 
 
 @torch.inference_mode()
-def denoise(model: LayerDiffuseModel, rows: Sequence) -> torch.Tensor:
-    """SDXL sampling in LayerDiffuse's latent space; returns the unscaled latent (what the VAE decodes)."""
+def denoise(model: LayerDiffuseModel, rows: Sequence, pipe=None) -> torch.Tensor:
+    """SDXL sampling in LayerDiffuse's latent space; returns the unscaled latent (what the VAE decodes).
+
+    `pipe`: another pipeline around the same components (a conditional layer model's UNet); default the model's.
+    """
     # 1. check inputs
     first = rows[0]
     for row in rows:
@@ -57,7 +60,7 @@ def denoise(model: LayerDiffuseModel, rows: Sequence) -> torch.Tensor:
     generators = [torch.Generator("cpu").manual_seed(row.seed) for row in rows]
     latents = initial_latents(model, first.width, first.height, generators)
     # 3. denoise (classifier-free guidance runs as one batched UNet call per step)
-    pipe = model.pipe
+    pipe = pipe or model.pipe
     sampled = pipe(
         prompt=[row.prompt for row in rows],
         negative_prompt=[row.negative_prompt for row in rows],

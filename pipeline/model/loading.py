@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import os
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -13,6 +14,7 @@ from ..input.config import ModelConfig
 from ..input.schedulers import SCHEDULERS
 from .alignment import align_cpu_weights
 from .decoder import TransparentVAEDecoder
+from .encoder import OFFSET_SCALE, LatentTransparencyOffsetEncoder, load_encoder
 from .merge import load_safetensors, merge_layerdiffuse_weights
 from .safety import SafetyChecker, load_safety_checker
 from .single_file import load_single_file
@@ -31,6 +33,8 @@ class LayerDiffuseModel:
     dtype: torch.dtype
     identity: dict = field(default_factory=dict)  # what produced the images, for the manifest
     safety_checker: SafetyChecker | None = None  # loaded only when some row asks for it
+    encoder: LatentTransparencyOffsetEncoder | None = None  # loaded only when some row encodes an image
+    conditional: dict = field(default_factory=dict)  # mode -> conditional UNet (conditional.py), as rows need
 
 
 def resolve_device(spec: str = "auto", local_rank: int = 0) -> torch.device:
@@ -61,20 +65,25 @@ def load_model(
     device: torch.device | None = None,
     safety_checker: bool = False,
     sources: Sources | None = None,
+    encoder: bool = False,
+    modes: tuple[str, ...] = (),
 ) -> LayerDiffuseModel:
     """Resolve every file first (one error listing all that are missing), then build the model.
 
-    `safety_checker`: also load the checker (some row asks for it); `sources`: already resolved ones.
+    `safety_checker`: also load the checker (some row asks for it); `sources`: already resolved ones (resolved
+    with the same `encoder` / `modes`); `encoder`: load the transparent encoder (img2img, hires); `modes`: the
+    conditional layer models to build (sources.CONDITIONAL_FILES; "fg" needs none).
     """
     quiet_libraries()
     device = device or resolve_device(config.device)
     dtype = resolve_dtype(config.dtype, device)
     if sources is None:
         ensure_tiny_model(config)
-        sources = resolve_sources(config, safety_checker)
+        sources = resolve_sources(config, safety_checker, encoder, modes)
     sources.raise_if_missing()
     with _loading("the SDXL model", sources.base):
         pipe = _load_sdxl(config, sources, dtype)
+    conditional = _load_conditional(pipe.unet, sources, config.strength)  # from the base UNet, before the merge
     with _loading("the LayerDiffuse UNet weights", sources.unet_weights):
         merge_layerdiffuse_weights(pipe.unet, load_safetensors(sources.unet_weights), config.strength)
     with _loading("the transparent decoder", sources.decoder_weights):
@@ -86,8 +95,10 @@ def load_model(
     # rows without a LoRA would change once any LoRA had been loaded in the process.
     for component in (pipe.unet, pipe.vae, pipe.text_encoder, pipe.text_encoder_2, decoder):
         component.requires_grad_(False)
+    for unet in conditional.values():
+        unet.requires_grad_(False).to(device).eval()
     if device.type == "cpu":  # results must not depend on which file the weights came from (alignment.py)
-        align_cpu_weights(pipe.unet, pipe.vae, pipe.text_encoder, pipe.text_encoder_2)
+        align_cpu_weights(pipe.unet, pipe.vae, pipe.text_encoder, pipe.text_encoder_2, *conditional.values())
     decoder.to(device=device, dtype=dtype).eval()
     pipe.set_progress_bar_config(disable=True)
     apply_speed_options(pipe, decoder, config)
@@ -107,7 +118,33 @@ def load_model(
         with _loading("the safety checker", sources.safety_checker):
             checker = load_safety_checker(sources.safety_checker, device, dtype)
         identity["safety_checker"] = sources.safety_checker
-    return LayerDiffuseModel(pipe, decoder, device, dtype, identity, checker)
+    model = LayerDiffuseModel(pipe, decoder, device, dtype, identity, checker, conditional=conditional)
+    _load_encoder(model, sources)
+    return model
+
+
+def _load_encoder(model: LayerDiffuseModel, sources: Sources) -> None:
+    """The encoder when rows need it; the identity names the new files only then, so text-to-image
+    identities (and the rows they mark done) stay as they were."""
+    if sources.encoder_weights:
+        with _loading("the transparent encoder", sources.encoder_weights):
+            model.encoder = load_encoder(sources.encoder_weights).to(device=model.device, dtype=model.dtype)
+        model.identity.update(encoder_weights=sources.encoder_weights, encoder_offset_scale=OFFSET_SCALE)
+    if model.conditional:
+        model.identity["conditional_weights"] = dict(sorted(sources.conditional_weights.items()))
+
+
+def _load_conditional(unet, sources: Sources, strength: float) -> dict:
+    """Each conditional layer model is its own copy of the base UNet with its "diff" merged (SPEC §2)."""
+    if not sources.conditional_weights:
+        return {}
+    from .conditional import build_conditional_unet
+
+    built = {}
+    for mode, path in sources.conditional_weights.items():
+        with _loading(f"the {mode} layer model", path):
+            built[mode] = build_conditional_unet(copy.deepcopy(unet), load_safetensors(path), strength)
+    return built
 
 
 @contextmanager

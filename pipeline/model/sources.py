@@ -17,6 +17,15 @@ from ..input.config import ModelConfig
 SDXL_FOLDERS = ("model_index.json", "unet/", "vae/", "text_encoder/", "text_encoder_2/", "tokenizer/",
                 "tokenizer_2/", "scheduler/")  # fmt: skip
 CHECKER_FILES = ("config.json", "preprocessor_config.json", "model.safetensors")
+# Needed only by rows that encode an image (img2img, hires) or run a conditional layer model (SPEC §2).
+ENCODER_FILE = "vae_transparent_encoder.safetensors"
+CONDITIONAL_FILES = {
+    "fg2blend": "layer_xl_fg2ble.safetensors",  # foreground -> blended image
+    "bg2blend": "layer_xl_bg2ble.safetensors",  # background -> blended image
+    "blend2bg": "layer_xl_fgble2bg.safetensors",  # foreground + blend -> background
+    "blend2fg": "layer_xl_bgble2fg.safetensors",  # background + blend -> transparent foreground
+}
+MODES = ("fg", *CONDITIONAL_FILES)  # "fg": the transparent text-to-image model, no extra file
 
 
 class ModelLoadError(RuntimeError):
@@ -34,13 +43,20 @@ class Sources:
     unet_weights: str
     decoder_weights: str
     safety_checker: str | None = None
+    encoder_weights: str | None = None  # resolved only when some row encodes an image
+    conditional_weights: dict[str, str] = field(default_factory=dict)  # mode -> file, for the modes rows use
     missing: list[str] = field(default_factory=list)
     revisions: dict[str, str] = field(default_factory=dict)  # hub repo id -> the cached snapshot's commit
 
     def raise_if_missing(self) -> None:
         if self.missing:
             checker = any(m.startswith("safety checker") for m in self.missing)
-            raise ModelFilesMissing(_missing_message(self.missing, checker_missing=checker))
+            raise ModelFilesMissing(_missing_message(self.missing, checker, self._missing_extras()))
+
+    def _missing_extras(self) -> list[str]:
+        """Names of the img2img / conditional files among the missing, for the download command."""
+        names = [Path(p).name for p in (self.encoder_weights, *self.conditional_weights.values()) if p]
+        return [n for n in names if any(n in m for m in self.missing)]
 
 
 # Where the embedded tiny model keeps its parts, under its root folder (model/testing/tiny.py writes them).
@@ -55,7 +71,11 @@ def tiny_root(config: ModelConfig) -> Path | None:
     return root if all(parts[name] == root / folder for name, folder in TINY_LAYOUT.items()) else None
 
 
-def resolve_sources(config: ModelConfig, safety_checker: bool = False) -> Sources:
+def resolve_sources(
+    config: ModelConfig, safety_checker: bool = False, encoder: bool = False, modes: tuple[str, ...] = ()
+) -> Sources:
+    """`encoder`: some row encodes an RGBA image (img2img, hires); `modes`: the layer modes rows use (MODES).
+    Neither is resolved otherwise, so text-to-image needs (and loads) nothing new."""
     sources = Sources(base="", vae=None, unet_weights="", decoder_weights="")
     sources.base = _resolve_base(config.base, sources)
     if config.vae:
@@ -64,7 +84,26 @@ def resolve_sources(config: ModelConfig, safety_checker: bool = False) -> Source
     sources.decoder_weights = _resolve_file(config.layerdiffuse, config.decoder_weights, sources)
     if safety_checker:
         sources.safety_checker = _resolve_base(config.safety_checker, sources, "safety checker", CHECKER_FILES)
+    if encoder:
+        sources.encoder_weights = _resolve_file(config.layerdiffuse, encoder_file(config), sources)
+    for mode in modes:
+        if mode not in MODES:
+            raise ValueError(f"unknown layer mode {mode!r}; expected one of {', '.join(MODES)}")
+        if mode in CONDITIONAL_FILES:
+            sources.conditional_weights[mode] = _resolve_file(
+                config.layerdiffuse, conditional_file(config, mode), sources
+            )
     return sources
+
+
+def encoder_file(config: ModelConfig) -> str:
+    """`model.encoder_weights` (file name in `layerdiffuse`, or a path) when the config has it, else the release's."""
+    return getattr(config, "encoder_weights", None) or ENCODER_FILE
+
+
+def conditional_file(config: ModelConfig, mode: str) -> str:
+    """`model.conditional_weights[mode]` when the config has it, else the released file name."""
+    return (getattr(config, "conditional_weights", None) or {}).get(mode) or CONDITIONAL_FILES[mode]
 
 
 def is_hub_id(spec: str) -> bool:
@@ -139,7 +178,7 @@ def _hub_reachable(endpoint: str, timeout: float = 3.0) -> bool:
         return False
 
 
-def _missing_message(missing: list[str], checker_missing: bool = False) -> str:
+def _missing_message(missing: list[str], checker_missing: bool = False, extras: list[str] | None = None) -> str:
     lines = "\n".join(f"  - {m}" for m in missing)
     checker = (
         "  * for the safety checker: download CompVis/stable-diffusion-safety-checker (or set\n"
@@ -155,6 +194,7 @@ def _missing_message(missing: list[str], checker_missing: bool = False) -> str:
         "      huggingface-cli download stabilityai/stable-diffusion-xl-base-1.0\n"
         "      huggingface-cli download LayerDiffusion/layerdiffusion-v1 "
         "layer_xl_transparent_attn.safetensors vae_transparent_decoder.safetensors\n"
+        f"{_extras_command(extras or [])}"
         "    and copy the Hugging Face cache (HF_HOME) here; set HF_HUB_OFFLINE=1 on machines without network\n"
         "    so that nothing waits for a download;\n"
         "  * or point the config (or flags) at local copies: model.base / --model (diffusers folder or\n"
@@ -162,3 +202,9 @@ def _missing_message(missing: list[str], checker_missing: bool = False) -> str:
         f"{checker}"
         "  * or try the pipeline with the embedded tiny model: --config configs/tiny.yaml"
     )
+
+
+def _extras_command(names: list[str]) -> str:
+    if not names:
+        return ""
+    return f"      huggingface-cli download LayerDiffusion/layerdiffusion-v1 {' '.join(names)}\n"

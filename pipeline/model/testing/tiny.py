@@ -6,6 +6,9 @@ Layout (mirrors what users download):
     <root>/layerdiffusion-v1/layer_xl_transparent_attn.safetensors   Forge attention LoRA (SGM keys)
     <root>/layerdiffusion-v1/layer_xl_transparent_conv.safetensors   Forge conv offsets (SGM keys)
     <root>/layerdiffusion-v1/vae_transparent_decoder.safetensors     decoder, official key names, fp16
+    <root>/layerdiffusion-v1/vae_transparent_encoder.safetensors     encoder, official architecture, fp16
+    <root>/layerdiffusion-v1/layer_xl_{fg2ble,bg2ble,fgble2bg,bgble2fg}.safetensors  conditional layer models
+                                               (Forge diff format, conv_in widened by 4 or 8 channels)
     <root>/safety-checker/                     StableDiffusionSafetyChecker folder (flags nothing)
 Nothing here touches the network.
 """
@@ -23,10 +26,11 @@ from safetensors.torch import save_file
 
 from ...common.storage import FILE_MODE
 from ..decoder import TransparentVAEDecoder
+from ..encoder import LatentTransparencyOffsetEncoder
 from ..keys import sgm_key_map
 from ..safety import build_tiny_safety_checker
 from ..sgm_checkpoint import single_file_state_dict
-from ..sources import TINY_LAYOUT
+from ..sources import CONDITIONAL_FILES, ENCODER_FILE, TINY_LAYOUT
 from .sdxl import random_sdxl_pipeline
 
 ATTN_FILE = "layer_xl_transparent_attn.safetensors"
@@ -39,7 +43,7 @@ DECODER_CHANNELS = (8, 8, 16, 24, 32, 48, 48)  # widens where the official one d
 LORA_RANK = 4
 MARKER = "tiny_model.json"
 SINGLE_FILE = "sdxl-tiny.safetensors"
-VERSION = 3  # bumped when the layout changes: older tiny models are rebuilt
+VERSION = 4  # bumped when the layout changes: older tiny models are rebuilt
 
 
 def build_tiny_model(root: str | os.PathLike, seed: int = 0) -> Path:
@@ -89,6 +93,11 @@ def _write_tiny_model(root: Path, seed: int) -> None:
     save_file(_conv_offsets(pipe.unet, generator), weights / CONV_FILE)
     save_file({k: v.half() for k, v in _tiny_decoder(seed + 2).state_dict().items()}, weights / DECODER_FILE)
     build_tiny_safety_checker(root / TINY_LAYOUT["safety_checker"], flag_everything=False, seed=seed + 3)
+    save_file({k: v.half() for k, v in _tiny_encoder(seed + 4).state_dict().items()}, weights / ENCODER_FILE)
+    generator = torch.Generator().manual_seed(seed + 5)
+    for mode, name in CONDITIONAL_FILES.items():
+        extra = 8 if mode.startswith("blend2") else 4  # one or two condition latents
+        save_file(_conditional_diff(pipe.unet, generator, extra), weights / name)
     marker = {"seed": seed, "kind": "tiny-sdxl-layerdiffuse", "version": VERSION}
     (root / MARKER).write_text(json.dumps(marker) + "\n")
     _usual_permissions(root)
@@ -163,3 +172,26 @@ def _tiny_decoder(seed: int) -> TransparentVAEDecoder:
         decoder.conv_out.weight.mul_(0.5)
         decoder.conv_out.bias.add_(0.5)
     return decoder
+
+
+def _tiny_encoder(seed: int) -> LatentTransparencyOffsetEncoder:
+    """The official architecture (it is small). The released last conv is trained from zero and its output is
+    multiplied by 300 (encoder.py); a random one is scaled down so that 300 x offset stays near one unit."""
+    torch.manual_seed(seed)
+    encoder = LatentTransparencyOffsetEncoder()
+    with torch.no_grad():
+        encoder.blocks[-1].weight.div_(30.0)
+        encoder.blocks[-1].bias.div_(30.0)
+    return encoder
+
+
+def _conditional_diff(unet, generator, extra_channels: int) -> dict[str, torch.Tensor]:
+    """A conditional layer model file: Forge diffs for every tensor but attention q/k/v, with conv_in's
+    widened by `extra_channels` input channels (the condition latents; larger values so they matter)."""
+    diff = _conv_offsets(unet, generator)
+    conv_in = "diffusion_model.input_blocks.0.0.weight::diff::0"
+    out_channels, in_channels, *kernel = diff[conv_in].shape
+    wide = torch.randn(out_channels, in_channels + extra_channels, *kernel, generator=generator) * 0.01
+    wide[:, in_channels:] *= 10
+    diff[conv_in] = wide.half()
+    return diff
