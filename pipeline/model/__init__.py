@@ -15,7 +15,7 @@ _HOMES = {
     "inspect_checkpoint": "checkpoint",
     "require_sdxl_checkpoint": "checkpoint",
     "Layers": "conditional",
-    "build_conditional_unet": "conditional",
+    "build_conditional_unet": "conditional_unet",
     "layer_images": "conditional",
     "layers": "conditional",
     "side_by_side": "conditional",

@@ -138,7 +138,7 @@ def _load_conditional(unet, sources: Sources, strength: float) -> dict:
     """Each conditional layer model is its own copy of the base UNet with its "diff" merged (SPEC §2)."""
     if not sources.conditional_weights:
         return {}
-    from .conditional import build_conditional_unet
+    from .conditional_unet import build_conditional_unet
 
     built = {}
     for mode, path in sources.conditional_weights.items():

@@ -9,7 +9,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from pipeline.model.conditional import CONDITIONS, ConcatConvIn, build_conditional_unet, layer_images, layers
+from pipeline.model.conditional import CONDITIONS, layer_images, layers
+from pipeline.model.conditional_unet import ConcatConvIn, build_conditional_unet
 from pipeline.model.merge import WeightMergeError
 from pipeline.model.sources import CONDITIONAL_FILES, ENCODER_FILE, ModelFilesMissing, resolve_sources
 
