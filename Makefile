@@ -11,7 +11,7 @@ TORCH_SPEC ?= torch==2.13.0
 # BROWSER=0: neither install Chromium nor run the browser tests (they skip and say why).
 BROWSER ?= 1
 
-.PHONY: install browser demo test test-gpu test-slow lint format bench bench-scale bench-gpu bench-lora clean
+.PHONY: install browser demo test test-gpu test-slow lint format bench bench-ray bench-scale bench-gpu bench-lora clean
 
 $(STAMP): pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
@@ -64,6 +64,12 @@ bench: install browser
 	$(BIN)/python -m tests.bench.cpu
 	$(BIN)/python -m tests.bench.png
 	$(BIN)/python -m tests.bench.device
+	$(BIN)/python -m tests.bench.ray_overhead
+
+# The Ray executor's scheduling overhead against the same shards run directly, and actors against tasks
+# (--cases 100000x1000 for the larger table: tens of minutes on 2 cores).
+bench-ray: install
+	$(BIN)/python -m tests.bench.ray_overhead
 
 # Dataset scale: synthetic finished folders of 10k, 100k and 1M rows (about 15 minutes, a few GB of disk).
 bench-scale: install

@@ -17,7 +17,7 @@ from ..common.storage import display, scrub
 from ..export import DEFAULT_SHARD_SIZE as EXPORT_SHARD_SIZE
 from ..export import FORMATS as EXPORT_FORMATS
 from ..input.cells import MAX_IMAGES
-from ..input.config import DTYPES, INJECTIONS, LOG_FORMATS, Config, ConfigError, load_config, load_notify
+from ..input.config import DTYPES, EXECUTORS, INJECTIONS, LOG_FORMATS, Config, ConfigError, load_config, load_notify
 from ..input.schedulers import SCHEDULER_NAMES
 from ..input.sprite_settings import MAX_SIDE
 from ..input.templates import MAX_COMBINATION_LIMIT
@@ -36,7 +36,7 @@ FLAG_SECTIONS = {
     "defaults": ("seed", "width", "height", "num_inference_steps", "guidance_scale", "negative_prompt",
                  "allow_empty_prompt", "num_images"),
     "run": ("batch_size", "limit", "max_failures", "overwrite", "strict", "safety_checker", "tta",
-            "png_compress_level"),
+            "png_compress_level", "executor", "ray_address", "tasks", "gpus_per_task"),
     "templates": ("combinatorial", "wildcards", "combination_limit"),
     "sprites": ("trim", "alpha_threshold", "pad", "square", "pot", "sizes", "bleed", "premultiplied"),
 }  # fmt: skip
@@ -251,6 +251,14 @@ def template_options(function):
     help=f"zlib level of the PNGs (default {D.run.png_compress_level}).",
 )
 @click.option("--shard", callback=_shard, metavar="I/N", help="Run only shard I of N (for job arrays).")
+@click.option("--executor", type=click.Choice(EXECUTORS),
+              help="Where the shards run: local (this process; the default) or ray (a Ray cluster).")  # fmt: skip
+@click.option("--ray-address", metavar="ADDR", help="Ray cluster to use (default: $RAY_ADDRESS, else one on this "
+              "machine).")  # fmt: skip
+@click.option("--tasks", type=click.IntRange(min=1), metavar="N",
+              help="Ray: shards of the table (default: 4 per worker the cluster has room for).")  # fmt: skip
+@click.option("--gpus-per-task", type=click.FloatRange(min=0), metavar="G",
+              help="Ray: GPUs each task reserves (default: 1 on a cluster with GPUs, else 0).")  # fmt: skip
 @click.option("--log-format", type=click.Choice(LOG_FORMATS), help="json: one object per line for cron.")
 @click.option("--verify", is_flag=True, help="Re-hash finished images and redo those whose content changed.")
 @click.option("--report", "make_report", is_flag=True, help="Write DIR/report.html and contact_sheet.png at the end.")
@@ -289,6 +297,7 @@ def generate(input_path, out_dir, config_path, shard, log_format, make_report, *
       layerdiffuse generate t.parquet --out out/ --notify "$HOOK" --ping "$HC" --metrics-file nightly.prom
       layerdiffuse generate items.csv --out out/ --wildcards wildcards/ --trim --pad 4 --sizes 256,64
       accelerate launch --multi_gpu --num_processes 8 -m pipeline generate prompts.parquet --out out/
+      layerdiffuse generate big.parquet --out s3://bucket/run --executor ray --ray-address auto --tasks 1000
     """
     from ..unattended.watch import RunWatch, WatchedLog
 
@@ -357,24 +366,40 @@ def _run_generate(config: Config, input_path: Path, out_dir: str, shard, log, ve
     from ..folder.lock import FolderLocked
     from ..input.table import TableError
     from ..model.sources import ModelLoadError
-    from ..run.executor import InProcess
-    from ..run.loop import RunRequest, Task, TooManyFailures
+    from ..run.loop import RunRequest, TooManyFailures
+    from ..run.ray_executor import ClusterError
     from ..run.renderer import ModelRenderer
 
     codes = {
         TableError: ExitCode.USAGE,
+        ClusterError: ExitCode.USAGE,
         StorageError: ExitCode.USAGE,
         ModelLoadError: ExitCode.MODEL,
         FolderLocked: ExitCode.LOCKED,
         TooManyFailures: ExitCode.TOO_MANY_FAILURES,
     }
     request = RunRequest(config, input_path, out_dir, verify, renderers=_seams().renderers or ModelRenderer)
-    executor = InProcess(Task(*shard) if shard else None)
+    executor = _executor(config, shard)
     try:
         with storage_errors(out_dir):
             return executor.run(request, log, observer)
     except tuple(codes) as exc:
         raise ExitError(str(exc), next(code for kind, code in codes.items() if isinstance(exc, kind))) from None
+
+
+def _executor(config: Config, shard):
+    """Where the run's shards run: this process (the whole table, a `--shard` job's) or a Ray cluster."""
+    from ..run.executor import InProcess
+    from ..run.loop import Task
+
+    if config.run.executor == "local":
+        return InProcess(Task(*shard) if shard else None)
+    if shard:
+        raise ExitError("--shard I/N runs one shard as an independent job, while --executor ray splits the table "
+                        "itself: use one or the other", ExitCode.USAGE)  # fmt: skip
+    from ..run.ray_executor import RayExecutor, RaySettings
+
+    return RayExecutor(RaySettings.of(config.run))
 
 
 def _config(config_path, log_format=None) -> Config:

@@ -139,8 +139,8 @@ def read_new(storage: Storage, consumed: dict[str, int], columns: list[str] | No
         raise ValueError("the context column needs the Contexts it indexes into")
     parsed = pa.schema([f for f in schema if f.name != INDEX.name])
     tables, offsets = [], dict(consumed)
-    for name in part_names(storage):
-        offsets[name] = consumed.get(name, 0)
+    for name in sorted(name for name in sizes if name.endswith(".jsonl")):  # one listing: logs that other
+        offsets[name] = consumed.get(name, 0)  # processes start meanwhile are read next time
         if sizes[name] <= offsets[name]:
             continue
         context = _context(storage, name)

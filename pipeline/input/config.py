@@ -19,6 +19,7 @@ LAYERDIFFUSE_REPO = "LayerDiffusion/layerdiffusion-v1"
 INJECTIONS = ("attn", "conv")
 DTYPES = ("auto", "float32", "float16", "bfloat16")
 LOG_FORMATS = ("text", "json")
+EXECUTORS = ("local", "ray")  # where a run's shards run (pipeline/run/executor.py)
 NOTIFY = "notify"  # the config file's section for NotifyConfig
 
 
@@ -87,6 +88,11 @@ class RunConfig:
     strict: bool = False
     safety_checker: bool = True  # False: never check, whatever the rows say
     log_format: str = "text"  # text | json
+    # Where the shards run (docs/several_machines.md); none of these decides pixels or which rows are done.
+    executor: str = "local"  # local: this process (or its launcher's processes) | ray: tasks on a Ray cluster
+    ray_address: str | None = None  # None: $RAY_ADDRESS, else a Ray cluster of this machine started for the run
+    tasks: int | None = None  # shards of the table; None: 4 per worker the cluster has room for
+    gpus_per_task: float | None = None  # None: 1 on a cluster with GPUs, else 0
 
 
 @dataclass(frozen=True)
@@ -311,6 +317,7 @@ def validate(config: Config, source: str) -> None:
         (r.limit is None or (_is_int(r.limit) and r.limit >= 0), f"run.limit must be >= 0, got {r.limit!r}"),
         (r.max_failures is None or (_is_int(r.max_failures) and r.max_failures >= 0), "run.max_failures must be >= 0"),
         (r.log_format in LOG_FORMATS, f"run.log_format must be one of {LOG_FORMATS}, got {r.log_format!r}"),
+        *_executor_checks(r),
         (_is_int(d.seed) and 0 <= d.seed < 2**64, f"defaults.seed must be an integer in [0, 2^64), got {d.seed!r}"),
         *_template_checks(config.templates),
     ]
@@ -332,6 +339,18 @@ def check_loras(specs, source: str) -> None:
             LoraRef.parse(spec)
         except LoraSpecError as exc:
             raise ConfigError(f"{source}: model.loras: {exc}") from None
+
+
+def _executor_checks(r: RunConfig) -> list[tuple[bool, str]]:
+    return [
+        (r.executor in EXECUTORS, f"run.executor must be one of {EXECUTORS}, got {r.executor!r}"),
+        (r.ray_address is None or isinstance(r.ray_address, str), "run.ray_address must be an address in quotes"),
+        (r.tasks is None or (_is_int(r.tasks) and r.tasks >= 1), f"run.tasks must be >= 1, got {r.tasks!r}"),
+        (
+            r.gpus_per_task is None or (_is_number(r.gpus_per_task) and r.gpus_per_task >= 0),
+            f"run.gpus_per_task must be a number >= 0 (fractions share a GPU), got {r.gpus_per_task!r}",
+        ),
+    ]
 
 
 def _template_checks(t: TemplateConfig) -> list[tuple[bool, str]]:

@@ -394,12 +394,12 @@ def _write_statistics(job: Job, table: Table, input_path: Path, stem: str) -> No
              }  # fmt: skip
     job.storage.write(stats_file(stem), (json.dumps(stats, indent=1) + "\n").encode())
     if job.process.is_main:
-        info = {"input": _shown_input(input_path), "total_rows": table.total, "finished_at": utc_now(),
+        info = {"input": shown_input(input_path), "total_rows": table.total, "finished_at": utc_now(),
                 "config": as_dict(job.config), "stats": stats}  # fmt: skip
         write_run_info(job.storage, info)
 
 
-def _shown_input(location) -> str:
+def shown_input(location) -> str:
     """The table's absolute path, or its URL without credentials."""
     text = str(location)
     return display(text) if "://" in text else str(Path(text).resolve())

@@ -96,3 +96,18 @@ class ModelRenderer:
         except Exception as exc:  # e.g. out of memory: one bad batch must not end the run
             free_memory(self.model)
             return [Failed(f"{type(exc).__name__}: {exc}")] * len(rows)
+
+
+class KeptRenderer:
+    """A factory for a process that runs one shard after another (a Ray worker): the renderer made for the
+    first shard is handed to the later ones, so the model loads once per worker, not once per shard. It is
+    made again only for a shard that needs the safety checker it was made without."""
+
+    def __init__(self, factory: RendererFactory):
+        self.factory = factory
+        self.renderer: Renderer | None = None
+
+    def __call__(self, setup: RenderSetup) -> Renderer:
+        if self.renderer is None or (setup.safety_checker and self.renderer.safety_checker is None):
+            self.renderer = self.factory(setup)
+        return self.renderer
