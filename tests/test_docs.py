@@ -6,7 +6,7 @@ from dataclasses import fields
 import click
 import pytest
 
-from pipeline.cli.commands import cli
+from pipeline.cli import cli
 from pipeline.common.exits import MEANINGS, markdown_table
 from pipeline.input.config import Config, load_config
 from pipeline.plan.identity import LOW_BITS, REDO

@@ -21,7 +21,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from PIL import Image
 
-from pipeline.cli.commands import cli
+from pipeline.cli import cli
 from pipeline.export import export
 from pipeline.export.to_webdataset import sample_key
 from pipeline.folder.schema import json_record

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from pipeline.cli.commands import cli
+from pipeline.cli import cli
 from pipeline.common.storage import FILE_MODE
 from pipeline.input.config import load_config
 from pipeline.input.schedulers import SCHEDULER_NAMES, SCHEDULERS

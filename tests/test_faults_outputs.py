@@ -20,7 +20,7 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from pipeline.cli.commands import cli
+from pipeline.cli import cli
 from pipeline.common.faults import ENV, OUTPUT_MOMENTS
 from pipeline.common.storage import Storage
 from pipeline.folder.manifest import merge, write_keys, write_run_info

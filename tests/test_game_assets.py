@@ -17,7 +17,7 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from pipeline.cli.commands import cli
+from pipeline.cli import cli
 from pipeline.input.templates import expand_random
 from pipeline.sprites.derive import SpriteSettings, alpha_bbox, derive
 from tests.conftest import REPO

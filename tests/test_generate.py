@@ -13,7 +13,7 @@ import yaml
 from click.testing import CliRunner
 from PIL import Image
 
-from pipeline.cli.commands import cli
+from pipeline.cli import cli
 from pipeline.input.config import as_dict
 from tests.conftest import REPO
 

@@ -14,7 +14,7 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from pipeline.cli.commands import Seams, cli
+from pipeline.cli import Seams, cli
 from pipeline.common.storage import Storage
 from pipeline.folder.lock import FolderLock, FolderLocked
 from tests.conftest import REPO

@@ -11,7 +11,7 @@ from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pipeline.cli.commands import cli
+from pipeline.cli import cli
 from pipeline.input.cells import MAX_SEED
 from pipeline.input.config import Defaults
 from pipeline.input.rows import PARAM_COLUMNS

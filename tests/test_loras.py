@@ -13,7 +13,7 @@ import yaml
 from click.testing import CliRunner
 from PIL import Image
 
-from pipeline.cli.commands import cli
+from pipeline.cli import cli
 from pipeline.input.config import ConfigError, load_config
 from pipeline.input.table import load_table
 from pipeline.model.testing.tiny import SINGLE_FILE

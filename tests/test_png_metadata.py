@@ -11,7 +11,7 @@ from click.testing import CliRunner
 from PIL import Image
 from sd_parsers import ParserManager
 
-from pipeline.cli.commands import cli
+from pipeline.cli import cli
 from pipeline.input.schedulers import SCHEDULERS
 from pipeline.model.testing.tiny import SINGLE_FILE
 from pipeline.model.testing.tiny_lora import build_tiny_lora

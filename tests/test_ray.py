@@ -15,7 +15,7 @@ import psutil
 import pytest
 from click.testing import CliRunner
 
-from pipeline.cli.commands import cli
+from pipeline.cli import cli
 from pipeline.run.executor import generate
 from pipeline.run.loop import RunRequest
 from tests.conftest import REPO

@@ -181,7 +181,7 @@ def test_bad_locations_are_clear_errors(bucket, tmp_path, tiny_config_file):
 def test_folder_commands_name_a_folder_without_its_credentials(bucket, command):
     from click.testing import CliRunner
 
-    from pipeline.cli.commands import cli
+    from pipeline.cli import cli
 
     name, *flags = command
     result = CliRunner().invoke(cli, [name, f"s3://user:{SECRET}@{bucket}/none", *flags])

@@ -12,7 +12,7 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from pipeline.cli.commands import cli
+from pipeline.cli import cli
 from pipeline.common.storage import Storage
 from pipeline.folder.manifest import merge, write_keys
 from pipeline.folder.parts import PartWriter

@@ -9,7 +9,7 @@ import yaml
 from click.testing import CliRunner
 from PIL import Image
 
-from pipeline.cli.commands import cli
+from pipeline.cli import cli
 from pipeline.input.config import as_dict
 from pipeline.model.safety import build_tiny_safety_checker, composite_on_grey
 

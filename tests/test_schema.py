@@ -8,7 +8,7 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 from click.testing import CliRunner
 
-from pipeline.cli.commands import cli
+from pipeline.cli import cli
 from pipeline.folder.schema import SCHEMA, VERSION, json_line
 
 MAX_SEED = 2**64 - 1

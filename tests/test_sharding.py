@@ -14,7 +14,7 @@ import psutil
 import pytest
 from click.testing import CliRunner
 
-from pipeline.cli.commands import cli
+from pipeline.cli import cli
 from pipeline.plan.sharding import Process, my_share, parse_shard
 from tests.conftest import REPO
 

@@ -20,7 +20,7 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from pipeline.cli.commands import cli
+from pipeline.cli import cli
 from pipeline.input.config import NOTIFY, NotifyConfig, load_notify
 from pipeline.unattended.notify import SECRET_ENV
 from tests.conftest import REPO

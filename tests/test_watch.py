@@ -20,7 +20,7 @@ import yaml
 from click.testing import CliRunner
 from prometheus_client.parser import text_string_to_metric_families
 
-from pipeline.cli.commands import Seams, cli
+from pipeline.cli import Seams, cli
 from pipeline.common.storage import Storage
 from pipeline.folder.lock import FolderLock
 from pipeline.input.config import NotifyConfig
