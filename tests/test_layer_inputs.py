@@ -76,7 +76,7 @@ def test_rows_use_only_what_their_mode_asks_for(tmp_path):
 
 def test_rows_of_different_kinds_never_share_a_batch(tmp_path):
     rows = [{"prompt": "p", "image": "a.png", "strength": 0.2}, {"prompt": "p"}, {"prompt": "p", "image": "b.png"},
-            {"prompt": "p", "hires_scale": 2}, {"prompt": "p", "hires_scale": 1.5}, {"prompt": "p", "hires_scale": 2}]  # fmt: skip
+            *({"prompt": "p", "hires_scale": scale} for scale in (2, 1.5, 2))]  # fmt: skip
     table = load_table(write_jsonl(tmp_path / "t.jsonl", rows), DEFAULTS)
     batches = [[row.number for row in batch.rows] for batch in plan_batches(rows_of(table), 4)]
     assert batches == [[1, 3], [2], [4, 6], [5]]  # img2img rows may differ in strength; hires scales may not

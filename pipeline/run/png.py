@@ -59,7 +59,7 @@ def encode_png(rgba, row: Row, png: PngSettings, loras: Sequence = ()) -> bytes:
     info = PngImagePlugin.PngInfo()
     height, width = rgba.shape[:2]
     info.add_text("parameters", a1111_parameters(row, png, width, height, loras))
-    for name, value in {**row.params(), **row.inputs()}.items():  # a plain row's chunks are what they always were
+    for name, value in {**row.params(), **_used_settings(row)}.items():  # a plain row's: what they always were
         info.add_text(name, str(value))
     info.add_text("model", png.model)
     for name in ("template", "negative_template"):
@@ -70,6 +70,13 @@ def encode_png(rgba, row: Row, png: PngSettings, loras: Sequence = ()) -> bytes:
     Image.fromarray(rgba, mode=mode).save(buffer, format="PNG", pnginfo=info, compress_level=png.compress_level,
                                           compress_type=png_strategy(png.compress_level))  # fmt: skip
     return buffer.getvalue()
+
+
+def _used_settings(row: Row) -> dict:
+    """The img2img / hires / layer-mode values a row used, without its input images' locations (the manifest
+    has them): the same table and inputs give the same bytes wherever they are."""
+    images = row.images()
+    return {name: value for name, value in row.inputs().items() if name not in images}
 
 
 def a1111_parameters(row: Row, png: PngSettings, width: int, height: int, loras: Sequence = ()) -> str:
