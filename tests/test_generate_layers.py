@@ -203,3 +203,18 @@ def test_a_folder_of_an_earlier_version_resumes_with_nothing_redone(config, tmp_
     (tmp_path / "out" / "parts" / "checkpoint.parquet").unlink()
     again = generate(config, table, tmp_path / "out")
     assert again.ok == 0 and again.skipped == 2
+
+
+def test_sprites_come_from_foregrounds_only_and_stay_current(config, tmp_path):
+    from pipeline.input.sprite_settings import SpriteSettings
+
+    work = tmp_path / "work"
+    write_inputs(work)
+    rows = [ROWS[0], next(r for r in ROWS if r["id"] == "fg2blend")]
+    (work / "s.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    trimmed = replace(config, sprites=SpriteSettings(trim=True))
+    generate(trimmed, work / "s.jsonl", work / "out")
+    got = records(work / "out")
+    assert got["plain"]["sprites"] and got["fg2blend"]["sprites"] is None
+    again = generate(trimmed, work / "s.jsonl", work / "out")
+    assert again.skipped == 2 and records(work / "out")["fg2blend"]["sprites"] is None  # nothing to restyle

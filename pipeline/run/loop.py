@@ -268,7 +268,7 @@ def _pending(storage: Storage, table: Table, identity: Identity, batches: list[l
     columns = [[valid.params[c][p] for p in positions] for c in PARAM_COLUMNS]
     hashes = identity.request_hashes(columns, loras.hash_keys(positions), _usages(valid, positions, identity, files))
     sprites = config.sprites.active
-    state = folder_state(storage, STATE_COLUMNS + ["sprites"] if sprites else STATE_COLUMNS)
+    state = folder_state(storage, STATE_COLUMNS + ["sprites", "mode"] if sprites else STATE_COLUMNS)
     decision = decide(storage, keys, state, hashes, verify)
     redo = config.run.overwrite
     todo = {p for p, done in zip(positions, decision.done, strict=True) if redo or not done}
