@@ -64,9 +64,9 @@ class HookedRenderer(ModelRenderer):
         super().__init__(setup)
         self.before = before
 
-    def images(self, rows: Sequence[Row]):
+    def images(self, rows: Sequence[Row], inputs=None):
         self.before(rows)
-        return super().images(rows)
+        return super().images(rows, inputs)
 
 
 def hooked(before: Callable[[Sequence[Row]], None]) -> RendererFactory:

@@ -16,12 +16,13 @@ import orjson
 import pyarrow as pa
 
 from ..common.clock import iso_utc
+from ..input.layer_inputs import INPUT_COLUMNS
 from ..input.passthrough import json_default, json_value
 from ..input.rows import PARAM_COLUMNS
 from ..input.sprite_settings import SpriteSettings
 
-VERSION = "3"  # 3: per-row `loras`, checkpoint and VAE identities in `model`, images of expanded rows
-#    (source_id, image_index, templates) and derived sprites
+VERSION = "4"  # 3: per-row `loras`, checkpoint and VAE identities in `model`, images of expanded rows
+#    (source_id, image_index, templates) and derived sprites; 4: img2img, hires and layer modes (LAYERS)
 IMAGE = pa.struct(
     [("url", pa.string()), ("content_type", pa.string()), ("file_name", pa.string()), ("file_size", pa.int64()),
      ("width", pa.int32()), ("height", pa.int32())]
@@ -68,6 +69,16 @@ IMAGE_OF_ROW = [  # which image of its table row a record is, and what its promp
     ("template", pa.string()),
     ("negative_template", pa.string()),
 ]
+# An input image a row used: its column (image, foreground, background, blend), location and content.
+INPUT_IMAGE = pa.struct([("name", pa.string()), ("url", pa.string()), ("sha256", pa.string()),
+                         ("width", pa.int32()), ("height", pa.int32())])  # fmt: skip
+LAYERS = [  # null where the row does not use them (mode: fg for every text-to-image row)
+    ("mode", pa.string()),
+    ("strength", pa.float64()),
+    ("hires_scale", pa.float64()),
+    ("hires_strength", pa.float64()),
+    ("inputs", pa.list_(INPUT_IMAGE)),
+]
 SCHEMA = pa.schema(
     [("id", pa.string()), ("row", pa.int64()), ("status", pa.string()), ("error", pa.string())]
     + PARAMS
@@ -77,7 +88,8 @@ SCHEMA = pa.schema(
        ("write_seconds", pa.float64()), ("finished_at", pa.timestamp("ms", tz="UTC")), ("rank", pa.int32()),
        ("model", MODEL), ("environment", ENVIRONMENT), ("input", pa.string())]
     + IMAGE_OF_ROW
-    + [("sprites", pa.list_(SPRITE))],
+    + [("sprites", pa.list_(SPRITE))]
+    + LAYERS,
     metadata={"layerdiffuse.manifest_version": VERSION},
 )  # fmt: skip
 MANIFEST_FIELDS = tuple(SCHEMA.names)
@@ -88,7 +100,7 @@ PART_SCHEMA = pa.schema([f for f in SCHEMA if f.name not in CONTEXT_FIELDS] + [p
 assert tuple(name for name, _ in PARAMS) == PARAM_COLUMNS
 assert tuple(SPRITE_SETTINGS.names) == tuple(f.name for f in fields(SpriteSettings))
 # Table columns that would clash with a manifest field (the parameters and `id` are the table's own).
-RESERVED_COLUMNS = frozenset(MANIFEST_FIELDS) - {"id", "loras", *PARAM_COLUMNS}
+RESERVED_COLUMNS = frozenset(MANIFEST_FIELDS) - {"id", "loras", *PARAM_COLUMNS, *INPUT_COLUMNS}
 
 
 def manifest_schema(passthrough: pa.Schema) -> pa.Schema:

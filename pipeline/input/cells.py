@@ -17,6 +17,7 @@ MAX_SEED = 2**64 - 1
 MAX_SIDE = 4096
 MAX_STEPS = 1000
 MAX_GUIDANCE = 50.0
+MAX_HIRES_SCALE = 4.0  # a second pass larger than 4x is almost surely a typing mistake (and MAX_SIDE bounds it)
 MAX_IMAGES = 1000  # images of one row (num_images); more is almost surely a typing mistake
 TRUE_WORDS, FALSE_WORDS = {"true", "t", "yes", "y", "1"}, {"false", "f", "no", "n", "0"}
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
@@ -48,6 +49,15 @@ def column_rules(defaults) -> dict[str, tuple[Callable[[Any], Any], Any]]:
         "enable_safety_checker": (boolean, d.enable_safety_checker),
         "loras": (lora_list, ()),
         "num_images": (lambda v: integer(v, 1, MAX_IMAGES), d.num_images),
+        # img2img, hires and the layer modes (layer_inputs.py decides which of them a row uses)
+        "image": (image_location, d.image),
+        "strength": (lambda v: number(v, 0.0, 1.0), d.strength),
+        "hires_scale": (lambda v: number(v, 1.0, MAX_HIRES_SCALE), d.hires_scale),
+        "hires_strength": (lambda v: number(v, 0.0, 1.0), d.hires_strength),
+        "mode": (mode_name, d.mode),
+        "foreground": (image_location, d.foreground),
+        "background": (image_location, d.background),
+        "blend": (image_location, d.blend),
     }
 
 
@@ -64,6 +74,10 @@ _FAST = {
     "enable_safety_checker": lambda v: v if type(v) is bool else _WORDS.get(v, _SLOW) if type(v) is str else _SLOW,
     "loras": lambda v: () if v is None or v == "" else _SLOW,  # most rows of a table name no LoRA of their own
     "num_images": lambda v: _plain_int(v, 1, MAX_IMAGES),
+    **dict.fromkeys(
+        ("image", "foreground", "background", "blend", "strength", "hires_scale", "hires_strength", "mode"),
+        lambda v: _SLOW,
+    ),  # fmt: skip
 }
 _WORDS = {**dict.fromkeys(TRUE_WORDS, True), **dict.fromkeys(FALSE_WORDS, False)}
 _DECIMAL = re.compile(r"[0-9]{1,15}(\.[0-9]{1,15})?")
@@ -234,6 +248,23 @@ def _lora_text(text: str) -> tuple:
     from .lora_refs import parse_lora_list
 
     return parse_lora_list(text)
+
+
+LAYER_MODES = ("fg", "fg2blend", "bg2blend", "blend2bg", "blend2fg", "layers")
+
+
+def image_location(value) -> str:
+    """An input image: a path (relative ones are resolved against the table's folder later) or a URL."""
+    location = text(value, 4096, allow_empty=True).strip()
+    if not location:
+        raise CellError("is blank; write the path or URL of a PNG, or leave the cell empty")
+    return location
+
+
+def mode_name(value) -> str:
+    if not isinstance(value, str) or value.strip().lower() not in LAYER_MODES:
+        raise CellError(f"is not a layer mode; use one of {', '.join(LAYER_MODES)} (docs/layerdiffuse.md §9)")
+    return value.strip().lower()
 
 
 def boolean(value) -> bool:

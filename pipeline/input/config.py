@@ -40,6 +40,9 @@ class ModelConfig:
     injection: str = "attn"  # attn | conv
     unet_weights: str | None = None  # file name in `layerdiffuse`, or a path; default by injection
     decoder_weights: str = "vae_transparent_decoder.safetensors"
+    # Loaded (and required) only when rows need them: img2img and hires rows, and the conditional layer modes.
+    encoder_weights: str | None = None  # file name in `layerdiffuse`, or a path; None: vae_transparent_encoder
+    conditional_weights: dict[str, str] = field(default_factory=dict)  # mode -> file; unnamed modes: the release's
     strength: float = 1.0
     scheduler: str = "euler"
     dtype: str = "auto"  # auto: float32 on CPU, float16 on GPU
@@ -69,6 +72,15 @@ class Defaults:
     seed: int = 0  # base seed from which rows without a seed get theirs
     allow_empty_prompt: bool = False
     num_images: int = 1  # images per row (seeds seed, seed + 1, ...); --images-per-prompt
+    # Transparent img2img, hires and layer modes (docs/layerdiffuse.md §7-9); each applies only where used.
+    image: str | None = None  # RGBA input for img2img: a path or fsspec URL
+    strength: float = 0.75  # img2img denoising strength (0: the input back, 1: from noise), as AUTOMATIC1111
+    hires_scale: float = 1.0  # > 1: a second img2img pass at this scale (sizes rounded to multiples of 64)
+    hires_strength: float = 0.4  # that pass's strength (0.3-0.5 keeps the composition)
+    mode: str = "fg"  # fg | fg2blend | bg2blend | blend2bg | blend2fg | layers
+    foreground: str | None = None  # condition images of the layer modes (paths or URLs)
+    background: str | None = None
+    blend: str | None = None
 
 
 @dataclass(frozen=True)
@@ -228,6 +240,7 @@ def load_config(path: str | os.PathLike | None) -> Config:
         kwargs[name] = _section(cls, data.get(name) or {}, f"{path}: {name}")
     config = Config(**kwargs)
     config = replace(config, model=_resolve_paths(_lora_tuple(config.model, path), path.parent))
+    config = replace(config, defaults=_resolve_images(config.defaults, path.parent))
     folder = config.templates.wildcards
     if isinstance(folder, str) and folder.startswith(("./", "../")):  # next to the file, as model paths are
         config = replace(config, templates=replace(config.templates, wildcards=str((path.parent / folder).resolve())))
@@ -266,12 +279,33 @@ def _section(cls, values: dict, where: str):
 def _resolve_paths(model: ModelConfig, folder: Path) -> ModelConfig:
     """`./x` and `../x` in a config file mean paths next to that file; anything else is kept."""
     changes = {}
-    for name in ("base", "base_config", "vae", "layerdiffuse", "unet_weights", "safety_checker"):
+    for name in ("base", "base_config", "vae", "layerdiffuse", "unet_weights", "encoder_weights", "safety_checker"):
         value = getattr(model, name)
         if isinstance(value, str) and value.startswith(("./", "../")):
             changes[name] = str((folder / value).resolve())
     changes["loras"] = tuple(_resolve_lora_path(spec, folder) for spec in model.loras)
     return replace(model, **changes)
+
+
+def _resolve_images(defaults: Defaults, folder: Path) -> Defaults:
+    """Default input images written `./x` or `../x` in a config file are next to that file, as model paths."""
+    changes = {}
+    for name in ("image", "foreground", "background", "blend"):
+        value = getattr(defaults, name)
+        if isinstance(value, str) and value.startswith(("./", "../")):
+            changes[name] = str((folder / value).resolve())
+    return replace(defaults, **changes)
+
+
+def check_conditional_weights(weights, source: str) -> None:
+    """`model.conditional_weights`: a mapping of layer modes to file names or paths."""
+    from .layer_inputs import CONDITIONS
+
+    if not isinstance(weights, dict) or not all(isinstance(v, str) for v in weights.values()):
+        raise ConfigError(f"{source}: model.conditional_weights must map modes to file names, got {weights!r}")
+    unknown = sorted(set(weights) - set(CONDITIONS))
+    if unknown:
+        raise ConfigError(f"{source}: model.conditional_weights: unknown mode(s) {unknown}; use {sorted(CONDITIONS)}")
 
 
 def _lora_tuple(model: ModelConfig, path: Path) -> ModelConfig:
@@ -325,6 +359,7 @@ def validate(config: Config, source: str) -> None:
         if not ok:
             raise ConfigError(f"{source}: {message}")
     check_loras(m.loras, source)
+    check_conditional_weights(m.conditional_weights if m.conditional_weights is not None else {}, source)
     check_defaults(d, source)
 
 

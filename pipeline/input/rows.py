@@ -21,7 +21,9 @@ PARAM_COLUMNS = (
 )
 # Rows are denoised together only when they share these (one sampling call per batch); `loras`: the row's
 # own `loras` cell as written (every row adds the run's LoRAs, so equal cells mean equal LoRA sets).
-BATCH_FIELDS = ("width", "height", "num_inference_steps", "guidance_scale", "loras")
+# `kind`: which model call (layer_inputs.row_kind); None for plain text-to-image rows, so their batches are
+# what they were before img2img, hires and the layer modes existed.
+BATCH_FIELDS = ("width", "height", "num_inference_steps", "guidance_scale", "loras", "kind")
 
 
 @dataclass(frozen=True)
@@ -46,6 +48,15 @@ class Row:
     template: str | None = None  # the prompt's template when the prompt was drawn from one
     negative_template: str | None = None  # the same for the negative prompt
     position: int | None = None  # place among the manifest's records; None: number - 1 (one per table row)
+    # img2img, hires and layer modes (layer_inputs.py): None where the row does not use them
+    image: str | None = None  # the RGBA input's location (relative paths already resolved)
+    strength: float | None = None
+    hires_scale: float | None = None
+    hires_strength: float | None = None
+    mode: str = "fg"
+    foreground: str | None = None
+    background: str | None = None
+    blend: str | None = None
 
     @property
     def place(self) -> int:
@@ -54,6 +65,25 @@ class Row:
 
     def params(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in PARAM_COLUMNS}
+
+    @property
+    def kind(self) -> tuple | None:
+        from .layer_inputs import row_kind
+
+        return row_kind(self.mode, self.image, self.hires_scale, self.background)
+
+    def inputs(self) -> dict[str, Any]:
+        """The img2img, hires and layer-mode values the row uses (nothing for a plain text-to-image row)."""
+        from .layer_inputs import INPUT_COLUMNS
+
+        used = {name: getattr(self, name) for name in INPUT_COLUMNS if getattr(self, name) is not None}
+        return {} if used == {"mode": "fg"} else used
+
+    def images(self) -> dict[str, str]:
+        """{column: location} of the input images the row uses."""
+        from .layer_inputs import IMAGE_COLUMNS
+
+        return {name: getattr(self, name) for name in IMAGE_COLUMNS if getattr(self, name) is not None}
 
     @property
     def batch_signature(self) -> tuple:

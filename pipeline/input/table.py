@@ -16,6 +16,7 @@ from ..common.names import SAFE_NAME
 from ..common.storage import StorageError, display, locate, scrub
 from .cells import missing, parse_column, show, unwritable
 from .config import Defaults, TemplateConfig
+from .layer_inputs import INPUT_COLUMNS, parse_inputs, row_kind, table_folder
 from .rows import BATCH_FIELDS, PARAM_COLUMNS, InvalidRow, Row
 from .seeds import derive_seed
 from .variations import expand_columns
@@ -39,6 +40,7 @@ class RowColumns:
     extra: dict[str, list]  # passthrough columns, as read
     loras: list[tuple] | None = None  # the `loras` column as LoraRef tuples; None: the table has none
     expansion: dict[str, list] = field(default_factory=dict)  # Row's image fields, once rows give several images
+    inputs: dict[str, list] = field(default_factory=dict)  # INPUT_COLUMNS, resolved; {}: no row uses any
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -48,7 +50,8 @@ class RowColumns:
         extra = {name: values[i] for name, values in self.extra.items()}
         loras = self.loras[i] if self.loras is not None else ()
         image = {name: values[i] for name, values in self.expansion.items()}
-        return Row(number=self.numbers[i], key=self.keys[i], extra=extra, loras=loras, **params, **image)
+        inputs = {name: values[i] for name, values in self.inputs.items()}
+        return Row(number=self.numbers[i], key=self.keys[i], extra=extra, loras=loras, **params, **image, **inputs)
 
     def signatures(self) -> list[tuple]:
         """Per row, the fields that decide which rows batch together."""
@@ -57,7 +60,16 @@ class RowColumns:
     def _column(self, name: str) -> list:
         if name == "loras":
             return self.loras if self.loras is not None else [()] * len(self)
+        if name == "kind":
+            return self.kinds()
         return self.params[name]
+
+    def kinds(self) -> list:
+        """Per row, `layer_inputs.row_kind` (None for every row of a table without inputs)."""
+        if not self.inputs:
+            return [None] * len(self)
+        columns = (self.inputs[name] for name in ("mode", "image", "hires_scale", "background"))
+        return [row_kind(*values) for values in zip(*columns, strict=True)]
 
 
 @dataclass(frozen=True)
@@ -118,6 +130,7 @@ def load_table(path: str | Path, defaults: Defaults, limit: int | None = None,
     (variations.py); `templates` says how templates expand (default: random draws, no wildcards). `reserved`:
     column names the table may not use (the manifest's own fields, folder/schema.py).
     """
+    source = path
     names, columns, types = read_columns(str(path))
     path = display(str(path))
     if "prompt" not in names:
@@ -130,7 +143,8 @@ def load_table(path: str | Path, defaults: Defaults, limit: int | None = None,
         raise TableError(f"{path}: the table has a header but no rows; add at least one row")
     if limit is not None:
         columns = {name: values[:limit] for name, values in columns.items()}
-    valid, invalid = validate_columns(path, names, columns, defaults, templates or TemplateConfig())
+    base = table_folder(str(source))
+    valid, invalid = validate_columns(path, names, columns, defaults, templates or TemplateConfig(), base)
     return Table(path, tuple(names), valid, tuple(invalid), len(columns["prompt"]), types)
 
 
@@ -204,8 +218,9 @@ def _read_jsonl(handle, path: str):
 
 
 def validate_columns(path: str, names: list[str], columns: dict[str, list], defaults: Defaults,
-                     templates: TemplateConfig | None = None):  # fmt: skip
-    """(the valid images as columns, the invalid rows); every problem names the file, row and column."""
+                     templates: TemplateConfig | None = None, base: str | None = None):  # fmt: skip
+    """(the valid images as columns, the invalid rows); every problem names the file, row and column.
+    `base`: the table's folder, against which relative input image paths resolve."""
     count = len(columns["prompt"])
     keys, errors = _keys(columns.get("id") or [None] * count)
     params = {}
@@ -221,8 +236,9 @@ def validate_columns(path: str, names: list[str], columns: dict[str, list], defa
         loras, cell_errors = parse_column(LORAS, columns[LORAS], defaults)
         for position, message in cell_errors.items():
             errors.setdefault(position, []).append(message)
+    inputs = parse_inputs(columns, defaults, params, base, errors)
     counts = _image_counts(columns, defaults, count, errors)
-    extra_names = [n for n in names if n not in TABLE_COLUMNS and n not in PARAM_COLUMNS]
+    extra_names = [n for n in names if n not in TABLE_COLUMNS and n not in PARAM_COLUMNS and n not in INPUT_COLUMNS]
     _unwritable_cells(columns, extra_names, errors)
     invalid = [
         InvalidRow(i + 1, keys[i], tuple(f"{path}: row {i + 1}, {e}" for e in errors[i]),
@@ -236,7 +252,8 @@ def validate_columns(path: str, names: list[str], columns: dict[str, list], defa
     params["seed"] = [derive_seed(defaults.seed, key) if seed is None else seed for seed, key in seeds]
     extra = {name: _without(columns[name], errors) for name in extra_names}
     loras = None if loras is None else _without(loras, errors)
-    valid = RowColumns([i + 1 for i in good], keys, params, extra, loras)
+    inputs = {name: _without(values, errors) for name, values in inputs.items()}
+    valid = RowColumns([i + 1 for i in good], keys, params, extra, loras, inputs=inputs)
     counts = None if counts is None else _without(counts, errors)
     cells = {n: columns[n] for n in names}
     return expand_columns(

@@ -205,7 +205,8 @@ def _columns(valid, plan: Plan, invalid: list[InvalidRow]):
     numbers = [valid.numbers[i] for i in take]
     extra = {name: [values[i] for i in take] for name, values in valid.extra.items()}
     loras = None if valid.loras is None else [valid.loras[i] for i in take]
-    return replace(valid, numbers=numbers, keys=keys, params=params, extra=extra, loras=loras,
+    inputs = {name: [values[i] for i in take] for name, values in valid.inputs.items()}
+    return replace(valid, numbers=numbers, keys=keys, params=params, extra=extra, loras=loras, inputs=inputs,
                    expansion=_origins(valid, plan, take, index, _positions(numbers, invalid)))  # fmt: skip
 
 

@@ -28,7 +28,7 @@ class SafetyChecker:
 
     @torch.inference_mode()
     def flags(self, rgba: np.ndarray) -> list[bool]:
-        """One flag per image of uint8 [B, H, W, 4]: True where the checker sees NSFW concepts."""
+        """One flag per image of uint8 [B, H, W, 4] (or RGB): True where the checker sees NSFW concepts."""
         if len(rgba) == 0:
             return []
         pixels = self.processor(images=list(composite_on_grey(rgba)), return_tensors="pt").pixel_values
@@ -58,7 +58,10 @@ def screen(checker: SafetyChecker | None, rows, rgba: np.ndarray) -> tuple[np.nd
 
 def composite_on_grey(rgba: np.ndarray) -> np.ndarray:
     """uint8 [B, H, W, 4] straight alpha -> uint8 [B, H, W, 3] over RGB (127, 127, 127): each channel
-    round((c * a + 127 * (255 - a)) / 255), in 16-bit integers (exact, and faster than floats)."""
+    round((c * a + 127 * (255 - a)) / 255), in 16-bit integers (exact, and faster than floats). RGB images
+    (the layer modes' blends and backgrounds) are returned as they are."""
+    if rgba.shape[-1] == 3:
+        return rgba
     alpha = rgba[..., 3:].astype(np.uint16)
     total = rgba[..., :3] * alpha  # at most 255 * 255: with the grey and the rounding term it fits 16 bits
     total += NEUTRAL_GREY * (255 - alpha) + 127  # + 127: rounds (a multiple of 255 plus a half never occurs)

@@ -6,10 +6,11 @@ always denoised with the same batch-mates whatever the process count or what was
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 
 from ..input.rows import Row
+from .inputs import InputFile
 from .lora_sets import NO_LORAS, LoraSet
 
 
@@ -28,3 +29,4 @@ class Batch:
     index: int
     rows: tuple[Row, ...]
     loras: LoraSet = NO_LORAS  # every row of a batch has the same set
+    inputs: Mapping[str, InputFile] = field(default_factory=dict)  # the rows' input images, as planning found them

@@ -12,13 +12,15 @@ import hashlib
 import json
 import platform
 import socket
-from dataclasses import dataclass, fields
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
 from itertools import repeat
 from pathlib import Path
 
 from ..common.fingerprint import sha256_file, sha256_folder
 from ..input.config import Config, Defaults
 from ..input.rows import PARAM_COLUMNS, Row
+from .inputs import InputFile, usage_key
 
 assert PARAM_COLUMNS[-1] == "enable_safety_checker"  # request_hashes takes it apart from the hashed values
 # Every setting of the run configuration is in exactly one of these groups (a test walks the config).
@@ -31,6 +33,8 @@ REDO = {  # changing one redoes the rows it touches
     "model.layerdiffuse": "where the LayerDiffuse files are (their content counts, not the place)",
     "model.unet_weights": "the LayerDiffuse UNet patch (by content)",
     "model.decoder_weights": "the transparent decoder (by content)",
+    "model.encoder_weights": "the transparent encoder (by content; only rows with an image or hires)",
+    "model.conditional_weights": "the layer models (by content; only rows of the modes that run them)",
     "model.injection": "attn or conv LayerDiffuse patch",
     "model.strength": "how strongly the patch is applied",
     "model.scheduler": "the sampler",
@@ -63,6 +67,10 @@ NEUTRAL = {  # never change pixels
     "run.overwrite": "redo rows that are done",
     "run.strict": "refuse tables with invalid rows",
     "run.log_format": "how the log looks",
+    "run.executor": "where the shards run; a row's batch-mates do not depend on it",
+    "run.ray_address": "which Ray cluster",
+    "run.tasks": "how many shards",
+    "run.gpus_per_task": "how shards share GPUs",
     # Sprites are derived from the raw canvas after it is written; changing them re-derives files, no model runs.
     "sprites.trim": "post-processing of the written canvas",
     "sprites.alpha_threshold": "post-processing of the written canvas",
@@ -81,6 +89,7 @@ class Identity:
 
     settings: dict
     checker: str | None = None
+    layer_weights: dict = field(default_factory=dict)  # "encoder" / mode -> digest, for the rows that use them
 
     @functools.cached_property
     def _prefixes(self) -> tuple[str, str]:
@@ -89,22 +98,31 @@ class Identity:
         checked = json.dumps({"run": self.settings, "checker": self.checker}, sort_keys=True, default=str)
         return run, checked
 
-    def request_hash(self, row: Row, loras: str = "") -> str:
-        """`loras`: the key of the row's LoRA set (`LoraSet.key`)."""
-        return self.request_hashes([[value] for value in row.params().values()], [loras] if loras else None)[0]
+    def request_hash(self, row: Row, loras: str = "", files: Mapping[str, InputFile] | None = None) -> str:
+        """`loras`: the key of the row's LoRA set (`LoraSet.key`); `files`: its input images (`InputFiles.of`)."""
+        usage = [self.usage(row, files or {})]
+        columns = [[value] for value in row.params().values()]
+        return self.request_hashes(columns, [loras] if loras else None, usage if usage[0] else None)[0]
 
-    def request_hashes(self, columns: list[list], loras: list[str] | None = None) -> list[str]:
+    def usage(self, row: Row, files: Mapping[str, InputFile]) -> str:
+        """The row's img2img / hires / layer-mode part of its request ("" for a plain row)."""
+        return usage_key(row, files, self.layer_weights)
+
+    def request_hashes(self, columns: list[list], loras: list[str] | None = None,
+                       usages: list[str] | None = None) -> list[str]:  # fmt: skip
         """One hash per row from its PARAM_COLUMNS values, column by column (a million rows in seconds).
 
-        `loras`: per row, its LoRA set's key ("" for none), or None when no row has one. A row without LoRAs
-        hashes as it did before LoRAs existed, so their arrival redoes nothing."""
+        `loras`: per row, its LoRA set's key ("" for none), or None when no row has one; `usages`: per row,
+        `usage` ("" for none), or None. A row without either hashes as it did before they existed, so their
+        arrival redoes nothing."""
         prefixes = self._prefixes
         rows = zip(*columns, strict=True)
         tails = repeat("") if loras is None else ("\x1e" + key if key else "" for key in loras)
+        uses = repeat("") if usages is None else ("\x1e\x1d" + use if use else "" for use in usages)
         hashes = []
-        for (*params, checked), tail in zip(rows, tails, strict=loras is not None):
+        for (*params, checked), tail, use in zip(rows, tails, uses, strict=False):
             # Valid cells hold no control characters, so the unit separator keeps the fields apart.
-            text = prefixes[checked] + "\x1e" + "\x1f".join(map(str, params)) + tail
+            text = prefixes[checked] + "\x1e" + "\x1f".join(map(str, params)) + tail + use
             hashes.append(hashlib.sha256(text.encode()).hexdigest())
         return hashes
 
@@ -124,7 +142,10 @@ def request_identity(config: Config, sources) -> Identity:
         "tta": config.run.tta,
     }
     checker = _digest(sources.safety_checker, sources) if sources.safety_checker else None
-    return Identity(settings, checker)
+    layer = {mode: _digest(path, sources) for mode, path in getattr(sources, "conditional_weights", {}).items()}
+    if getattr(sources, "encoder_weights", None):
+        layer["encoder"] = _digest(sources.encoder_weights, sources)
+    return Identity(settings, checker, layer)
 
 
 def _digest(source: str, sources, variant: str | None = None) -> str:

@@ -26,6 +26,7 @@ from ..input.schedulers import SCHEDULERS
 from ..input.table import Table, TableError, load_table
 from ..plan.batches import Batch, batch_positions
 from ..plan.identity import Identity, environment, model_label, request_identity, weights_provenance
+from ..plan.inputs import InputFiles, needs
 from ..plan.lora_sets import NO_LORAS, RowLoraSets, plan_lora_sets
 from ..plan.pending import decide
 from ..plan.sharding import Process, candidates, current_process, my_share
@@ -191,19 +192,22 @@ def _plan(config: Config, table: Table, storage: Storage, process: Process, log:
     from ..model.testing import ensure_tiny_model
 
     ensure_tiny_model(config.model)
-    sources = resolve_sources(config.model, safety_checker=any(table.valid.params["enable_safety_checker"]))
+    encoder, modes = _table_needs(table)  # the weights of every row's request, done or not
+    checker = any(table.valid.params["enable_safety_checker"])
+    sources = resolve_sources(config.model, safety_checker=checker, encoder=encoder, modes=modes)
     sources.raise_if_missing()
     _refuse_other_checkpoints(sources)
     loras = plan_lora_sets(config.model.loras, table.valid.loras)  # a run LoRA that cannot be used: exit 4
     identity = request_identity(config, sources)
     started, cpu = time.perf_counter(), time.process_time()
     batches = batch_positions(table.valid.signatures(), config.run.batch_size)
+    files = InputFiles()
     if process.launched:  # the main process decides for all; the others take its answer
-        pending = _pending(storage, table, identity, batches, config, verify, loras) if process.is_main else None
+        pending = _pending(storage, table, identity, batches, config, verify, loras, files) if process.is_main else None
         pending = process.share_from_main(pending)
     else:  # alone, or a shard job that looks at its own slice only
         pending = _pending(storage, table, identity, [batches[i] for i in candidates(len(batches), process)],
-                           config, verify, loras)  # fmt: skip
+                           config, verify, loras, files)  # fmt: skip
     work = pending.todo | pending.restyle if pending.restyle else pending.todo  # images to make or restyle
     mine = my_share(range(len(batches)), process, pending=lambda i: any(p in work for p in batches[i]))
     process.wait_for_peers()  # every process has read the folder before any writes to it
@@ -215,7 +219,7 @@ def _plan(config: Config, table: Table, storage: Storage, process: Process, log:
               to_do=len(pending.todo), batches=len(mine), world_size=process.world_size)  # fmt: skip
     keys = table.valid.keys
     rendered = [i for i in mine if any(p in pending.todo for p in batches[i])]  # the others: sprites only
-    own = [Batch(i, tuple(table.valid.row(p) for p in batches[i]), loras.of(batches[i][0])) for i in rendered]
+    own = [_batch(i, tuple(table.valid.row(p) for p in batches[i]), loras.of(batches[i][0]), files) for i in rendered]
     todo = {keys[p] for i in mine for p in batches[i] if p in pending.todo}
     places = {keys[p]: url for p, url in pending.places.items()}
     job = Job(config, storage, process, log, own, todo, places, identity, sources, summary, loras=loras,
@@ -224,6 +228,18 @@ def _plan(config: Config, table: Table, storage: Storage, process: Process, log:
     job.times.spend("decide", time.perf_counter() - started)
     job.times.spend("decide_cpu", time.process_time() - cpu)
     return job
+
+
+def _table_needs(table: Table) -> tuple[bool, tuple[str, ...]]:
+    """Whether some row encodes an image, and the layer modes rows use (plain tables: nothing, no work)."""
+    if not table.valid.inputs:
+        return False, ()
+    kinds = table.valid.kinds()
+    return needs(table.valid.row(i) for i, kind in enumerate(kinds) if kind is not None)
+
+
+def _batch(index: int, rows: tuple, loras, files: InputFiles) -> Batch:
+    return Batch(index, rows, loras, files.of(rows))
 
 
 @dataclass(frozen=True)
@@ -245,14 +261,14 @@ def _refuse_other_checkpoints(sources) -> None:
 
 
 def _pending(storage: Storage, table: Table, identity: Identity, batches: list[list[int]], config: Config,
-             verify: bool, loras: RowLoraSets) -> Pending:  # fmt: skip
+             verify: bool, loras: RowLoraSets, files: InputFiles) -> Pending:  # fmt: skip
     positions = [p for batch in batches for p in batch]
     valid = table.valid
     keys = [valid.keys[p] for p in positions]
     columns = [[valid.params[c][p] for p in positions] for c in PARAM_COLUMNS]
-    hashes = identity.request_hashes(columns, loras.hash_keys(positions))
+    hashes = identity.request_hashes(columns, loras.hash_keys(positions), _usages(valid, positions, identity, files))
     sprites = config.sprites.active
-    state = folder_state(storage, STATE_COLUMNS + ["sprites"] if sprites else STATE_COLUMNS)
+    state = folder_state(storage, STATE_COLUMNS + ["sprites", "mode"] if sprites else STATE_COLUMNS)
     decision = decide(storage, keys, state, hashes, verify)
     redo = config.run.overwrite
     todo = {p for p, done in zip(positions, decision.done, strict=True) if redo or not done}
@@ -262,6 +278,18 @@ def _pending(storage: Storage, table: Table, identity: Identity, batches: list[l
     restyle, old = sprite_plan(storage, state, keys, [p in todo for p in positions], config.sprites)
     return Pending(todo, places, len(positions), {positions[i] for i in restyle},
                    {positions[i]: entries for i, entries in old.items()})  # fmt: skip
+
+
+def _usages(valid, positions: list[int], identity: Identity, files: InputFiles) -> list[str] | None:
+    """Each row's img2img / hires / layer-mode part of its request; None for a table without any (no work)."""
+    if not valid.inputs:
+        return None
+    kinds = valid.kinds()
+    usages = []
+    for p in positions:
+        row = valid.row(p) if kinds[p] is not None else None
+        usages.append(identity.usage(row, files.of([row])) if row is not None else "")
+    return usages
 
 
 def _prepare_folder(job: Job, table: Table, part: PartWriter) -> None:
@@ -348,8 +376,11 @@ def _renderer(job: Job, part: PartWriter, renderers: RendererFactory) -> tuple[R
     """The renderer (with the safety checker when a row to do asks for it) and the provenance its records
     carry."""
     config, started = job.config, time.perf_counter()
-    needs_checker = any(r.enable_safety_checker for b in job.batches for r in b.rows if r.key in job.todo)
-    setup = RenderSetup(config, job.sources, job.loras.run, job.process.local_rank, needs_checker, job.log)
+    todo = [r for b in job.batches for r in b.rows if r.key in job.todo]
+    needs_checker = any(r.enable_safety_checker for r in todo)
+    encoder, modes = needs(todo)  # the encoder and layer models load only when rows to do need them
+    setup = RenderSetup(config, job.sources, job.loras.run, job.process.local_rank, needs_checker, job.log,
+                        encoder, modes)  # fmt: skip
     renderer = renderers(setup)  # the run's LoRAs must fit: exit 4 if not
     job.log.event("model_loaded", seconds=round(time.perf_counter() - started, 2), device=str(renderer.device))
     job.times.spend("load_model", time.perf_counter() - started)

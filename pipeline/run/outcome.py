@@ -9,6 +9,7 @@ import numpy as np
 
 from ..common.clock import utc_now
 from ..folder.schema import LORA, MANIFEST_FIELDS, Status
+from ..input.layer_inputs import INPUT_COLUMNS
 from ..input.passthrough import text_cell
 from ..input.rows import PARAM_COLUMNS, InvalidRow, Row
 from ..plan.batches import Batch
@@ -90,8 +91,10 @@ def manifest_record(
     record.update(row.params(), request_hash=request_hash, finished_at=utc_now())
     record.update(source_id=row.source_id or row.key, image_index=row.image_index, template=row.template,
                   negative_template=row.negative_template)  # fmt: skip
+    record.update(mode=row.mode, strength=row.strength, hires_scale=row.hires_scale, hires_strength=row.hires_strength)
     if batch is not None:
         record.update(batch_index=batch.index, batch_size=len(batch.rows), loras=lora_records(batch.loras))
+        record.update(inputs=input_records(row, batch))
     if provenance is not None:
         record.update(model=provenance.model, environment=provenance.environment, rank=provenance.rank)
     if isinstance(outcome, Failed):
@@ -115,8 +118,24 @@ def lora_records(loras: LoraSet) -> list[dict] | None:
     return [{name: value for name, value in lora_record(lora).items() if name in fields} for lora in loras.loras]
 
 
+def input_records(row: Row, batch: Batch) -> list[dict] | None:
+    """The manifest's `inputs`: each input image the row used, with the content its request covers."""
+    from ..common.storage import display
+
+    images = row.images()
+    if not images:
+        return None
+    records = []
+    for name, location in images.items():
+        file = batch.inputs.get(location)
+        records.append({"name": name, "url": display(location), "sha256": file.sha256 if file else None,
+                        "width": file.width if file and file.sha256 else None,
+                        "height": file.height if file and file.sha256 else None})  # fmt: skip
+    return records
+
+
 def _passthrough(values: dict) -> dict:
-    return {k: v for k, v in values.items() if k not in ("id", "loras") and k not in PARAM_COLUMNS}
+    return {k: v for k, v in values.items() if k not in ("id", "loras", *PARAM_COLUMNS, *INPUT_COLUMNS)}
 
 
 def _cells(values: dict) -> dict:

@@ -54,21 +54,29 @@ def a1111_model_fields(sources, label: str) -> tuple[tuple[str, str], ...]:
 
 
 def encode_png(rgba, row: Row, png: PngSettings, loras: Sequence = ()) -> bytes:
-    """RGBA PNG bytes; deterministic for the same pixels, row and settings (no timestamps inside).
-    `loras`: the `ResolvedLora`s the row ran with."""
+    """RGBA (or RGB: the layer modes' blends and backgrounds) PNG bytes; deterministic for the same pixels,
+    row and settings (no timestamps inside). `loras`: the `ResolvedLora`s the row ran with."""
     info = PngImagePlugin.PngInfo()
     height, width = rgba.shape[:2]
     info.add_text("parameters", a1111_parameters(row, png, width, height, loras))
-    for name, value in row.params().items():
+    for name, value in {**row.params(), **_used_settings(row)}.items():  # a plain row's: what they always were
         info.add_text(name, str(value))
     info.add_text("model", png.model)
     for name in ("template", "negative_template"):
         if getattr(row, name) is not None:
             info.add_text(name, getattr(row, name))
     buffer = io.BytesIO()
-    Image.fromarray(rgba, mode="RGBA").save(buffer, format="PNG", pnginfo=info, compress_level=png.compress_level,
-                                            compress_type=png_strategy(png.compress_level))  # fmt: skip
+    mode = "RGBA" if rgba.shape[-1] == 4 else "RGB"
+    Image.fromarray(rgba, mode=mode).save(buffer, format="PNG", pnginfo=info, compress_level=png.compress_level,
+                                          compress_type=png_strategy(png.compress_level))  # fmt: skip
     return buffer.getvalue()
+
+
+def _used_settings(row: Row) -> dict:
+    """The img2img / hires / layer-mode values a row used, without its input images' locations (the manifest
+    has them): the same table and inputs give the same bytes wherever they are."""
+    images = row.images()
+    return {name: value for name, value in row.inputs().items() if name not in images}
 
 
 def a1111_parameters(row: Row, png: PngSettings, width: int, height: int, loras: Sequence = ()) -> str:
@@ -85,11 +93,31 @@ def a1111_parameters(row: Row, png: PngSettings, width: int, height: int, loras:
     # The Dynamic Prompts extension's fields: the prompt above is the one drawn from the template.
     fields = (("Template", row.template), ("Negative Template", row.negative_template))
     templates = "".join(f", {label}: {_quoted(text)}" for label, text in fields if text is not None)
+    if row.hires_scale is not None:  # AUTOMATIC1111 writes the first pass's size with the upscale factor
+        width, height = row.width, row.height
     return (
         f"{prompt}\nNegative prompt: {row.negative_prompt}\n"
         f"Steps: {row.num_inference_steps}, {sampler}CFG scale: {row.guidance_scale:g}, "
-        f"Seed: {row.seed}, Size: {width}x{height}, {model}, Transparency: LayerDiffuse{templates}"
+        f"Seed: {row.seed}, Size: {width}x{height}, {model}{_denoising(row)}, Transparency: LayerDiffuse{templates}"
+        f"{_layer_mode(row)}"
     )
+
+
+def _denoising(row: Row) -> str:
+    """img2img and hires as AUTOMATIC1111 writes them: `Denoising strength` is img2img's strength, or the hires
+    pass's in a text-to-image run; both used (img2img, then hires): the hires one follows on its own."""
+    fields = []
+    if row.strength is not None:
+        fields.append(f"Denoising strength: {row.strength:g}")
+    if row.hires_scale is not None:
+        label = "Hires denoising strength" if row.strength is not None else "Denoising strength"
+        fields += [f"{label}: {row.hires_strength:g}", f"Hires upscale: {row.hires_scale:g}",
+                   "Hires upscaler: Bicubic (premultiplied RGBA)"]  # fmt: skip
+    return "".join(f", {field}" for field in fields)
+
+
+def _layer_mode(row: Row) -> str:
+    return f", Layer mode: {row.mode}" if row.mode != "fg" else ""
 
 
 def _quoted(text: str) -> str:

@@ -185,7 +185,7 @@ class PostProcessor:
         context.times.spend("encode", written.encode_seconds)
         context.times.spend("write", written.write_seconds - written.encode_seconds)
         fault_point("png_in_place")
-        if context.sprites.active:  # derived from the canvas just written, before its record says it is done
+        if context.sprites.active and has_sprites(row, outcome.rgba):  # derived before its record says it is done
             started = time.perf_counter()
             sprites = write_sprites(context.storage, url, outcome.rgba, context.sprites, self._png.compress_level)
             written = replace(written, sprites=sprites)
@@ -227,7 +227,7 @@ class PostProcessor:
 
     def _record_image(self, row: Row, batch: Batch, outcome, written: Written, share: float) -> None:
         context = self._context
-        request = context.identity.request_hash(row, batch.loras.key)
+        request = context.identity.request_hash(row, batch.loras.key, batch.inputs)
         self._part.append(manifest_record(row, outcome, request_hash=request, batch=batch, written=written,
                                           provenance=self._provenance, generation_seconds=share))  # fmt: skip
         context.summary.ok += 1
@@ -236,7 +236,7 @@ class PostProcessor:
 
     def _record_failure(self, row: Row, batch: Batch, outcome: Failed) -> None:
         context = self._context
-        request = context.identity.request_hash(row, batch.loras.key)
+        request = context.identity.request_hash(row, batch.loras.key, batch.inputs)
         self._part.append(manifest_record(row, outcome, request_hash=request, batch=batch,
                                           provenance=self._provenance))  # fmt: skip
         context.summary.failed += 1
@@ -246,6 +246,11 @@ class PostProcessor:
         if limit is not None and context.summary.failed > limit:
             failed = context.summary.failed
             raise TooManyFailures(f"{failed} rows failed (--max-failures {limit}); last error: {outcome.error}")
+
+
+def has_sprites(row: Row, image) -> bool:
+    """Sprites come from foregrounds only: RGBA images, not the RGB layers nor a `layers` triplet."""
+    return image.shape[-1] == 4 and row.mode != "layers"
 
 
 class _InTurn(Executor):

@@ -100,6 +100,9 @@ def remove_replaced(storage: Storage, old: list | None, new: list | None) -> Non
             storage.remove(entry["url"])
 
 
+SPRITE_MODES = (None, "fg", "blend2fg")  # records whose image is a transparent foreground (None: before modes)
+
+
 def sprite_plan(storage: Storage, state, keys: list[str], todo: list[bool], settings: SpriteSettings):
     """For a run's rows (`keys`, with whether each is generated now): (indices of done rows whose sprites are
     outdated, {index: recorded sprites} of rows generated again, whose replaced files go afterwards).
@@ -112,6 +115,9 @@ def sprite_plan(storage: Storage, state, keys: list[str], todo: list[bool], sett
     at = pc.index_in(pa.array(keys, pa.string()), state.column("id"))
     recorded = state.column("sprites").take(at).to_pylist()
     flags = outdated(storage, (None if redo else r for r, redo in zip(recorded, todo, strict=True)), settings)
+    if "mode" in state.column_names:  # RGB layers and `layers` triplets have no sprites to bring up to date
+        kept = [mode in SPRITE_MODES for mode in state.column("mode").take(at).to_pylist()]
+        flags = [flag and keep for flag, keep in zip(flags, kept, strict=True)]
     restyle = [i for i, (flag, redo) in enumerate(zip(flags, todo, strict=True)) if flag and not redo]
     old = {i: r for i, (r, redo) in enumerate(zip(recorded, todo, strict=True)) if r and redo}
     return restyle, old

@@ -29,7 +29,7 @@ from ..input.sprite_settings import SpriteSettings
 from .files import outdated, prune_folders, read_rgba, remove_replaced, write_sprites
 from .sheets import drop_atlases
 
-STATE = ["id", "status", "image", "sprites"]
+STATE = ["id", "status", "image", "sprites", "mode"]
 REMOVE_EVERY = 256  # records sent up (object stores) before the sprite files they replace are deleted
 
 
@@ -62,6 +62,9 @@ def outdated_ids(storage: Storage, keys, settings: SpriteSettings) -> tuple[list
     state = folder_state(storage, STATE)
     records = state.take(pc.drop_null(pc.index_in(pa.array(keys, pa.string()), state.column("id"))))
     finished = pc.and_(pc.equal(records.column("status"), Status.OK.value), pc.is_valid(records.column("image")))
+    foreground = pc.or_kleene(pc.is_null(records.column("mode")), pc.is_in(records.column("mode"),
+                              pa.array(["fg", "blend2fg"])))  # fmt: skip
+    finished = pc.and_(finished, foreground)  # RGB layers and `layers` triplets have no sprites
     records = records.filter(pc.fill_null(finished, False))
     flags = outdated(storage, records.column("sprites").to_pylist(), settings)
     return flags, records.column("id").filter(pa.array(flags, pa.bool_())).to_pylist()
