@@ -11,6 +11,7 @@ import click
 
 from ..common.exits import ExitCode, epilog
 from ..common.storage import display, scrub
+from ..input.cells import LAYER_MODES
 from ..input.config import DTYPES, EXECUTORS, INJECTIONS, LOG_FORMATS, Config, ConfigError, load_notify
 from ..input.schedulers import SCHEDULER_NAMES
 from .app import ExitError, cli, seams, storage_errors
@@ -56,6 +57,29 @@ from .options import (
 @click.option("--guidance-scale", type=float, help=f"Default CFG scale (hosted API: {D.defaults.guidance_scale:g}).")
 @click.option("--negative-prompt", help=f'Default negative prompt (hosted API: "{D.defaults.negative_prompt}").')
 @click.option("--allow-empty-prompt", is_flag=True, default=None, help="Accept rows with an empty prompt.")
+@click.option(
+    "--strength",
+    type=click.FloatRange(0, 1),
+    metavar="S",
+    help=f"img2img: how much of a row's `image` is redone (default {D.defaults.strength:g}).",
+)
+@click.option(
+    "--hires-scale",
+    type=click.FloatRange(1, 4),
+    metavar="X",
+    help=f"Hires with alpha: upscale by X, then img2img (default {D.defaults.hires_scale:g}: off).",
+)
+@click.option(
+    "--hires-strength",
+    type=click.FloatRange(0, 1),
+    metavar="S",
+    help=f"Strength of the hires pass (default {D.defaults.hires_strength:g}).",
+)
+@click.option(
+    "--mode",
+    type=click.Choice(LAYER_MODES),
+    help=f"Layer mode of rows without one (default {D.defaults.mode}; docs/layerdiffuse.md).",
+)
 @click.option("--limit", type=click.IntRange(min=0), help="Only the first N rows of the table.")
 @click.option("--max-failures", type=click.IntRange(min=0), help="Stop once more than N rows have failed.")
 @click.option("--overwrite", is_flag=True, default=None, help="Redo every row, even those already done.")

@@ -24,7 +24,7 @@ def on_off(flag: bool) -> str:
 FLAG_SECTIONS = {
     "model": ("base", "base_config", "vae", "loras", "injection", "scheduler", "vae_tiling", "device", "dtype"),
     "defaults": ("seed", "width", "height", "num_inference_steps", "guidance_scale", "negative_prompt",
-                 "allow_empty_prompt", "num_images"),
+                 "allow_empty_prompt", "num_images", "strength", "hires_scale", "hires_strength", "mode"),
     "run": ("batch_size", "limit", "max_failures", "overwrite", "strict", "safety_checker", "tta",
             "png_compress_level", "executor", "ray_address", "tasks", "gpus_per_task"),
     "templates": ("combinatorial", "wildcards", "combination_limit"),
