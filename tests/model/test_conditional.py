@@ -1,8 +1,9 @@
 """Conditional layer models on the tiny model: the diff merge with a widened conv_in, each mode's outputs,
 the layered triplet, and missing weight files."""
 
+import functools
 import shutil
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -13,19 +14,12 @@ from pipeline.model.conditional import CONDITIONS, layer_images, layers
 from pipeline.model.conditional_unet import ConcatConvIn, build_conditional_unet
 from pipeline.model.merge import WeightMergeError
 from pipeline.model.sources import CONDITIONAL_FILES, ENCODER_FILE, ModelFilesMissing, resolve_sources
+from tests.model import files
 
 MODES = tuple(CONDITIONS)
 
 
-@dataclass
-class Req:
-    prompt: str
-    seed: int
-    negative_prompt: str = ""
-    width: int = 64
-    height: int = 64
-    num_inference_steps: int = 2
-    guidance_scale: float = 8.0
+Req = functools.partial(files.Req, negative_prompt="")  # prompts alone condition these tests
 
 
 @pytest.fixture(scope="module")

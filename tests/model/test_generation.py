@@ -1,24 +1,12 @@
 """End to end on the tiny model on CPU: RGBA out, seeded, independent of batch-mates."""
 
-from dataclasses import dataclass
-
 import numpy as np
 import pytest
 import torch
 
 from pipeline.model import generate_rgba
 from pipeline.model.generation import generate_decoded
-
-
-@dataclass
-class Req:
-    prompt: str
-    seed: int
-    negative_prompt: str = "text, watermark"
-    width: int = 64
-    height: int = 64
-    num_inference_steps: int = 2
-    guidance_scale: float = 8.0
+from tests.model.files import Req
 
 
 def test_rgba_with_varying_alpha(tiny_model):

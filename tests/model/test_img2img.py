@@ -1,7 +1,5 @@
 """Transparent img2img and hires on the tiny model (CPU, 64x64, 2 steps): real outputs, seeded."""
 
-from dataclasses import dataclass
-
 import numpy as np
 import pytest
 
@@ -9,17 +7,7 @@ from pipeline.model.decoder import to_rgba_uint8
 from pipeline.model.encoder import encode_rgba
 from pipeline.model.generation import vae_decode
 from pipeline.model.img2img import hires_rgba, hires_size, img2img_rgba, resize_rgba
-
-
-@dataclass
-class Req:
-    prompt: str
-    seed: int
-    negative_prompt: str = "text, watermark"
-    width: int = 64
-    height: int = 64
-    num_inference_steps: int = 2
-    guidance_scale: float = 8.0
+from tests.model.files import Req
 
 
 @pytest.fixture(scope="module")
