@@ -11,7 +11,7 @@ import click
 
 from ..common.exits import ExitCode, epilog
 from ..common.storage import display, scrub
-from ..input.cells import LAYER_MODES
+from ..input.cells import LAYER_MODES, MAX_HIRES_SCALE
 from ..input.config import DTYPES, EXECUTORS, INJECTIONS, LOG_FORMATS, Config, ConfigError, load_notify
 from ..input.schedulers import SCHEDULER_NAMES
 from .app import ExitError, cli, seams, storage_errors
@@ -65,7 +65,7 @@ from .options import (
 )
 @click.option(
     "--hires-scale",
-    type=click.FloatRange(1, 4),
+    type=click.FloatRange(1, MAX_HIRES_SCALE),
     metavar="X",
     help=f"Hires with alpha: upscale by X, then img2img (default {D.defaults.hires_scale:g}: off).",
 )
